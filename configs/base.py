@@ -1,0 +1,19 @@
+"""~110M-parameter text + image model (ViT-B width, 12 layers, 32k BPE) for accelerators.
+
+Run:  omni train --config configs/base.py --workdir runs/base
+"""
+from pathlib import Path
+
+from omni.config import load_config
+
+
+def get_config():
+    c = load_config(str(Path(__file__).with_name("tiny.py")))
+    c.name = "base"
+    c.train.update(dict(steps=100_000, batch_size=256, lr=1e-3, warmup_steps=2000,
+                        log_every=100, eval_every=5000, checkpoint_every=2000, keep_checkpoints=3))
+    c.model.update(dict(width=768, depth=12, heads=12, mlp_ratio=4, embed_dim=512,
+                        dtype="bfloat16", remat="dots"))
+    c.modalities.text.update(dict(max_len=64, vocab_size=32768))
+    c.modalities.image.update(dict(size=224, patch=16))
+    return c

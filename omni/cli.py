@@ -1,0 +1,121 @@
+"""The `omni` command. `eval` prints one JSON object on stdout; progress and logs go to stderr."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Separate `--config.a.b=v` overrides from ordinary arguments."""
+    overrides = [a for a in argv if a.startswith("--config.")]
+    rest = [a for a in argv if not a.startswith("--config.")]
+    return rest, overrides
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="omni", description="One early-fusion transformer for every modality.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train (or resume) a model; --config.KEY=VALUE overrides")
+    train.add_argument("--config", default=None, help="config file (default: configs/tiny.py)")
+    train.add_argument("--workdir", default=None, help="run folder (default: runs/<config name>)")
+
+    data = commands.add_parser("data", help="datasets")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    build = data_commands.add_parser("build", help="build a dataset from a manifest.jsonl")
+    build.add_argument("manifest")
+    build.add_argument("--out", required=True)
+    build.add_argument("--test-fraction", type=float, default=0.1,
+                       help="share of lines without a `split` that go to `test` (stable hash)")
+
+    evaluate = commands.add_parser("eval", help="evaluate a trained run")
+    eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
+    for name in ("retrieval", "zeroshot"):
+        sub = eval_commands.add_parser(name)
+        sub.add_argument("--workdir", required=True)
+        sub.add_argument("--data", default=None, help="dataset folder (default: the run's data.path)")
+        sub.add_argument("--split", default="test")
+        sub.add_argument("--max-examples", type=int, default=None)
+        if name == "retrieval":
+            sub.add_argument("--query", required=True)
+            sub.add_argument("--target", required=True)
+        else:
+            sub.add_argument("--modality", required=True)
+            sub.add_argument("--template", default="a photo of a {}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_overrides(argv)
+    args = _parser().parse_args(rest)
+    from omni.config import ConfigError
+    try:
+        if args.command == "train":
+            return _train(args, overrides)
+        if overrides:
+            raise ConfigError(f"--config.* overrides only apply to `omni train` (got {overrides[0]})")
+        if args.command == "data":
+            return _data_build(args)
+        if args.command == "eval":
+            return _eval(args)
+    except ConfigError as e:
+        print(f"omni: config error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as e:
+        print(f"omni: {e}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _train(args, overrides) -> int:
+    from omni.config import load_config
+    config = load_config(args.config, overrides)
+    workdir = Path(args.workdir or Path("runs") / config.name)
+    from omni.train import Preempted, train
+    try:
+        metrics = train(config, workdir)
+    except Preempted as e:
+        print(f"omni: {e}", file=sys.stderr)
+        return 0
+    summary = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("eval/")}
+    print(json.dumps({"workdir": str(workdir), **summary}))
+    return 0
+
+
+def _data_build(args) -> int:
+    from omni.data.manifest import build
+    counts = build(args.manifest, args.out, test_fraction=args.test_fraction)
+    print(json.dumps({"out": args.out, "splits": counts}))
+    return 0
+
+
+def _eval(args) -> int:
+    import jax
+
+    from omni import evaluate
+    from omni.data import pipeline
+    from omni.data.records import open_split
+    config, setup, params, assets, step = evaluate.load_run(args.workdir)
+    data_dir = args.data or pipeline.resolve_data_dir(config)
+    source = open_split(data_dir, args.split)
+    with jax.set_mesh(setup.mesh):
+        if args.eval_command == "retrieval":
+            result = evaluate.retrieval(setup, params, source, config, assets, args.query, args.target,
+                                        args.max_examples)
+        else:
+            result = evaluate.zeroshot(setup, params, source, config, assets, args.modality, args.template,
+                                       args.max_examples)
+    out = Path(args.workdir) / "eval"
+    out.mkdir(exist_ok=True)
+    tag = f"{args.eval_command}-{args.split}-" + (
+        f"{args.query}-{args.target}" if args.eval_command == "retrieval" else args.modality)
+    (out / f"{tag}.json").write_text(json.dumps({"step": step, **result}, indent=2))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Load a config file, apply `--config.a.b=v` overrides, and validate before anything compiles.
+
+A config is a Python file with `get_config() -> ml_collections.ConfigDict` (see configs/).
+Every check here fails with ONE line that names the key and what is wrong, so that a bad
+launch costs seconds, not a compile.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+import ml_collections
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DEFAULT_CONFIG = "tiny.py"
+
+
+class ConfigError(ValueError):
+    """A config that cannot work; the message is one line naming the key."""
+
+
+def resolve_config_path(path: str | None) -> Path:
+    """`None` -> configs/tiny.py; a bare name like `base` or `base.py` -> configs/base.py."""
+    if path is None:
+        path = DEFAULT_CONFIG
+    candidate = Path(path)
+    if candidate.exists():
+        return candidate
+    for name in (path, f"{path}.py"):
+        if (REPO_CONFIGS / name).exists():
+            return REPO_CONFIGS / name
+    raise ConfigError(f"config file '{path}' does not exist")
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> ml_collections.ConfigDict:
+    """Import the config file, call its get_config(), apply overrides (strings `--config.k=v`)."""
+    file = resolve_config_path(path)
+    spec = importlib.util.spec_from_file_location(f"omni_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file '{file}' has no get_config() function")
+    config = module.get_config()
+    with config.unlocked():
+        config.name = config.get("name", file.stem)
+    for override in overrides:
+        apply_override(config, override)
+    return config
+
+
+def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
+    """Apply one `--config.a.b=value`; the value is parsed to the type of the existing entry."""
+    text = override[2:] if override.startswith("--") else override
+    if not text.startswith("config.") or "=" not in text:
+        raise ConfigError(f"override '{override}' is not of the form --config.KEY=VALUE")
+    dotted, raw = text[len("config."):].split("=", 1)
+    *parents, leaf = dotted.split(".")
+    node = config
+    for i, part in enumerate(parents):
+        if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+            raise ConfigError(f"unknown config key '{'.'.join(parents[:i + 1])}' (from {override})")
+        node = node[part]
+    if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+        raise ConfigError(f"unknown config key '{dotted}' (from {override})")
+    current = node[leaf]
+    try:
+        value = _parse_like(raw, current)
+    except ValueError as e:
+        raise ConfigError(f"config key '{dotted}': cannot use '{raw}' ({e})") from None
+    with node.unlocked():
+        node[leaf] = value
+
+
+def _parse_like(raw: str, current):
+    if isinstance(current, bool):
+        if raw.lower() in ("1", "true", "yes"):
+            return True
+        if raw.lower() in ("0", "false", "no"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(current, int):
+        return int(raw)
+    if isinstance(current, float):
+        return float(raw)
+    if isinstance(current, (tuple, list)):
+        return type(current)(json.loads(raw))
+    if isinstance(current, ml_collections.ConfigDict):
+        raise ValueError("this key is a section, set its fields instead")
+    return raw
+
+
+# ----------------------------------------------------------------------------------------------
+# Validation: everything that can be known before compiling.
+# ----------------------------------------------------------------------------------------------
+
+def resolve_mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
+    """(data, fsdp, tensor) with one -1 replaced by the remaining devices."""
+    sizes = [int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tensor)]
+    names = ["mesh.data", "mesh.fsdp", "mesh.tensor"]
+    if sizes.count(-1) > 1:
+        raise ConfigError("only one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+    for name, size in zip(names, sizes):
+        if size == 0 or size < -1:
+            raise ConfigError(f"{name}={size}: mesh sizes must be positive or -1")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if num_devices % known:
+            raise ConfigError(
+                f"mesh {'x'.join(map(str, sizes))}: {num_devices} devices are not divisible by {known}")
+        sizes[sizes.index(-1)] = num_devices // known
+    total = math.prod(sizes)
+    if total > num_devices:
+        raise ConfigError(
+            f"mesh {'x'.join(map(str, sizes))} needs {total} devices but only {num_devices} are present")
+    if total != num_devices:
+        raise ConfigError(
+            f"mesh {'x'.join(map(str, sizes))} uses {total} of the {num_devices} devices; use them all "
+            "(set one axis to -1)")
+    return tuple(sizes)
+
+
+def validate(config, num_devices: int) -> None:
+    """Raise ConfigError (one line) for any config that cannot work."""
+    from omni.modalities import registry  # late import: config has no model dependencies
+
+    data, fsdp, _ = resolve_mesh_shape(config, num_devices)
+    batch = int(config.train.batch_size)
+    if batch <= 0:
+        raise ConfigError(f"train.batch_size={batch} must be positive")
+    if batch % (data * fsdp):
+        raise ConfigError(
+            f"train.batch_size={batch} is not divisible by the data-parallel size "
+            f"mesh.data*mesh.fsdp={data * fsdp}")
+    if config.model.width % config.model.heads:
+        raise ConfigError(
+            f"model.width={config.model.width} is not divisible by model.heads={config.model.heads}")
+    for name in config.modalities:
+        if name not in registry.MODALITIES:
+            raise ConfigError(
+                f"modalities.{name}: unknown modality (known: {', '.join(sorted(registry.MODALITIES))})")
+        registry.MODALITIES[name].validate(config)
+    known_objectives = set(registry.masked_objectives()) | {"mmm", "contrastive"}
+    for name in config.loss:
+        if name not in known_objectives:
+            raise ConfigError(f"loss.{name}: unknown objective (known: {', '.join(sorted(known_objectives))})")
+    if not any(float(config.loss[name].weight) > 0 for name in config.loss):
+        raise ConfigError("every loss.<objective>.weight is zero: nothing would be trained")
+    if config.loss.contrastive.kind not in ("siglip", "infonce"):
+        raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype='{config.model.dtype}': use float32 or bfloat16")
+    if config.model.remat not in ("none", "full", "dots"):
+        raise ConfigError(f"model.remat='{config.model.remat}': use none, full or dots")
+    if config.data.on_error not in ("skip", "raise"):
+        raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
+    if config.train.steps < 1:
+        raise ConfigError(f"train.steps={config.train.steps} must be at least 1")
+
+
+def to_json(config) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def from_json_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))

@@ -1,0 +1,88 @@
+"""The on-disk dataset format: a TFDS dataset in array_record files (no TensorFlow needed).
+
+Every record has the same fields, whatever modalities it holds (an empty value = absent):
+  id, label, source (where it came from, for error messages), text (UTF-8), image (the encoded
+  file's bytes, decoded on the host at load time so that a corrupt file is skipped, not fatal).
+Read back with `open_split(DIR, split)`: random access by index, the input grain needs.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+FIELDS = ("id", "label", "source", "text", "image")
+BYTES_FIELDS = ("image",)  # kept as bytes; every other field is decoded to str
+
+
+def _builder_class():
+    import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+
+    class OmniRecords(tfds.core.GeneratorBasedBuilder):
+        """Records handed in by the caller (the embedded default set, or a user's manifest)."""
+
+        VERSION = tfds.core.Version("1.0.0")
+
+        def __init__(self, *, splits: dict[str, list[dict]] | None = None, **kwargs):
+            self._splits = splits or {}
+            super().__init__(**kwargs)
+
+        def _info(self):
+            features = {name: tfds.features.Text() for name in FIELDS if name not in BYTES_FIELDS}
+            features.update({name: tfds.features.Tensor(shape=(), dtype=np.object_) for name in BYTES_FIELDS})
+            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+        def _split_generators(self, dl_manager):
+            return {split: self._generate_examples(records) for split, records in self._splits.items()}
+
+        def _generate_examples(self, records):
+            for index, record in enumerate(records):
+                yield index, {name: record.get(name, b"" if name in BYTES_FIELDS else "") for name in FIELDS}
+
+    return OmniRecords
+
+
+def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
+    """Write records (dicts with FIELDS) per split as array_record under out_dir; returns out_dir."""
+    out_dir = Path(out_dir)
+    builder = _builder_class()(splits=splits, data_dir=str(out_dir), file_format="array_record")
+    builder.download_and_prepare()
+    return out_dir
+
+
+def _version_dir(data_dir: Path) -> Path:
+    infos = sorted(data_dir.glob("**/dataset_info.json"))
+    if not infos:
+        raise FileNotFoundError(f"{data_dir}: no omni dataset here (no dataset_info.json; build one with "
+                                "`omni data build MANIFEST.jsonl --out DIR`)")
+    return infos[-1].parent
+
+
+class Split:
+    """Random-access records of one split, decoded to python values."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        import tensorflow_datasets as tfds
+        self.path = _version_dir(Path(data_dir))
+        builder = tfds.builder_from_directory(str(self.path))
+        available = list(builder.info.splits.keys())
+        if split not in available:
+            raise ValueError(f"{data_dir}: no split '{split}' (available: {', '.join(sorted(available))})")
+        self._source = builder.as_data_source(split=split)
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> dict:
+        raw = self._source[int(index)]
+        return {k: (v if k in BYTES_FIELDS else v.decode("utf-8", errors="replace")) for k, v in raw.items()}
+
+
+def open_split(data_dir, split: str) -> Split:
+    return Split(data_dir, split)
+
+
+def split_names(data_dir) -> list[str]:
+    import tensorflow_datasets as tfds
+    return sorted(tfds.builder_from_directory(str(_version_dir(Path(data_dir)))).info.splits.keys())

@@ -1,0 +1,1 @@
+"""One file per modality; registry.py maps names to them."""

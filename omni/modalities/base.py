@@ -1,0 +1,89 @@
+"""What every modality provides, and the small named-parameter layers the stems share.
+
+A modality owns three things:
+  * host preprocessing: a raw record field (text, encoded image bytes, ...) -> fixed-shape numpy
+    arrays (`encode`), plus an all-zero stand-in when the modality is absent (`empty`);
+  * a stem inside the model (`make_stem`): arrays -> token embeddings and a validity mask, its
+    masking scheme for masked modelling, and its reconstruction loss;
+  * config checks (`validate`).
+Every parameter carries logical axis names (`out_sharding`), mapped to mesh axes by omni.parallel.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float = "normal", scale: float = 0.02):
+    """An nnx.Param with logical axis names. init: 'normal' (std=scale), 'zeros', 'ones' or a constant."""
+    if isinstance(init, (int, float)):
+        value = jnp.full(shape, init, jnp.float32)
+    elif init == "zeros":
+        value = jnp.zeros(shape, jnp.float32)
+    elif init == "ones":
+        value = jnp.ones(shape, jnp.float32)
+    else:
+        value = scale * jax.random.normal(rngs.params(), shape, jnp.float32)
+    assert len(names) == len(shape), (names, shape)
+    # eager_sharding=False: names are metadata only; omni.parallel places the arrays.
+    return nnx.Param(value, out_sharding=names, eager_sharding=False)
+
+
+def matmul(x, w, dtype, spec: str):
+    """einsum in the compute dtype with f32 accumulation (bf16 inputs use AMX/tensor cores)."""
+    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+class Dense(nnx.Module):
+    def __init__(self, rngs, d_in: int, d_out: int, names=("embed", "mlp"), scale: float | None = None):
+        self.kernel = param(rngs, (d_in, d_out), names, scale=scale if scale is not None else d_in ** -0.5)
+        self.bias = param(rngs, (d_out,), (names[1],), init="zeros")
+
+    def __call__(self, x, dtype=jnp.float32):
+        return matmul(x, self.kernel[...], dtype, "...i,io->...o") + self.bias[...]
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, rngs, dim: int):
+        self.scale = param(rngs, (dim,), ("embed",), init="ones")
+        self.bias = param(rngs, (dim,), ("embed",), init="zeros")
+
+    def __call__(self, x):
+        return layer_norm(x, self.scale[...], self.bias[...])
+
+
+def layer_norm(x, scale, bias, eps: float = 1e-6):
+    x = x.astype(jnp.float32)
+    mean = x.mean(-1, keepdims=True)
+    var = jnp.square(x - mean).mean(-1, keepdims=True)
+    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+class Modality:
+    """Base class; subclasses set `name` and `objective` and implement the methods below."""
+
+    name: str = ""
+    objective: str = ""  # the config.loss key of this modality's masked-modelling objective
+
+    def validate(self, config) -> None:
+        pass
+
+    def num_tokens(self, config) -> int:
+        """Tokens this modality contributes to the sequence, CLS not included."""
+        raise NotImplementedError
+
+    def array_spec(self, config) -> dict[str, tuple[tuple, np.dtype]]:
+        """Per-example arrays this modality puts in a batch: key -> (shape, dtype)."""
+        raise NotImplementedError
+
+    def encode(self, value, config, assets) -> dict[str, np.ndarray]:
+        """Host preprocessing of one record field into `array_spec` arrays; raise ValueError on bad input."""
+        raise NotImplementedError
+
+    def empty(self, config) -> dict[str, np.ndarray]:
+        return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.array_spec(config).items()}
+
+    def make_stem(self, config, rngs: nnx.Rngs) -> nnx.Module:
+        raise NotImplementedError

@@ -1,0 +1,133 @@
+"""Images: decoded and resized/padded to the config's square resolution on the host, cut into ViT
+patches (einops) with 2-D (row + column) position embeddings in the model, and masked image
+modelling in the MAE style (a fixed ratio of patches masked, per-patch normalised pixel targets,
+loss on masked patches only)."""
+from __future__ import annotations
+
+import io
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from einops import rearrange
+from flax import nnx
+from PIL import Image
+
+from omni.modalities.base import Dense, LayerNorm, Modality, param
+
+PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
+
+
+def patchify(images, patch: int):
+    """[B, H, W, C] -> [B, (H/p)*(W/p), p*p*C], patches in row-major order."""
+    return rearrange(images, "b (h p1) (w p2) c -> b (h w) (p1 p2 c)", p1=patch, p2=patch)
+
+
+def unpatchify(patches, patch: int, height: int, width: int):
+    """Inverse of patchify."""
+    return rearrange(patches, "b (h w) (p1 p2 c) -> b (h p1) (w p2) c",
+                     h=height // patch, w=width // patch, p1=patch, p2=patch)
+
+
+def normalized_patch_targets(patches, eps: float = 1e-6):
+    """MAE's targets: each patch's pixels standardised by that patch's own mean and variance."""
+    mean = patches.mean(-1, keepdims=True)
+    var = patches.var(-1, keepdims=True)
+    return (patches - mean) / jnp.sqrt(var + eps)
+
+
+def load_image(data: bytes | str, size: int) -> np.ndarray:
+    """Decode (bytes or a path), convert any mode (L, RGBA, I;16, CMYK, P) to RGB, resize so the
+    longer side is `size` (aspect kept), pad to size x size at the top-left. -> uint8 [size, size, 3]."""
+    try:
+        img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        img.load()
+    except Exception as e:  # PIL raises many types for truncated/corrupt files
+        raise ValueError(f"cannot decode image: {e}") from None
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        img = Image.fromarray((255 * arr / max(arr.max(), 1)).astype(np.uint8))
+    if img.mode == "RGBA" or img.mode == "LA" or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    img = img.convert("RGB")
+    scale = size / max(img.size)
+    new_w, new_h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
+    img = img.resize((new_w, new_h), Image.BILINEAR)
+    out = np.zeros((size, size, 3), np.uint8)
+    out[:new_h, :new_w] = np.asarray(img)
+    return out
+
+
+class ImageStem(nnx.Module):
+    def __init__(self, config, rngs: nnx.Rngs):
+        cfg = config.modalities.image
+        width = config.model.width
+        self.patch = cfg.patch
+        self.mask_ratio = float(config.loss.mim.mask_ratio)
+        grid = cfg.size // cfg.patch
+        patch_dim = cfg.patch * cfg.patch * 3
+        self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
+        self.rows = param(rngs, (grid, width), ("length", "embed"))
+        self.cols = param(rngs, (grid, width), ("length", "embed"))
+        self.mask_token = param(rngs, (width,), ("embed",))
+        self.head_norm = LayerNorm(rngs, width)
+        self.head = Dense(rngs, width, patch_dim, names=("embed", "patch"))
+
+    def _patches(self, inputs):
+        pixels = inputs["image/pixels"].astype(jnp.float32) / 255.0
+        return patchify(pixels, self.patch)
+
+    def _positions(self):
+        grid = self.rows.shape[0]
+        pos = self.rows[...][:, None, :] + self.cols[...][None, :, :]
+        return pos.reshape(grid * grid, -1)
+
+    def embed(self, inputs, dtype):
+        patches = self._patches(inputs)
+        tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype) + self._positions()[None]
+        return tokens, jnp.ones(patches.shape[:2], bool)
+
+    def masked_embed(self, inputs, rng, dtype):
+        """Mask exactly round(mask_ratio * num_patches) patches per example (static count)."""
+        patches = self._patches(inputs)
+        batch, num = patches.shape[:2]
+        num_masked = int(round(self.mask_ratio * num))
+        rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
+        masked = rank < num_masked
+        tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype)
+        tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self._positions()[None]
+        target = normalized_patch_targets(patches)
+        return tokens, jnp.ones((batch, num), bool), target, masked.astype(jnp.float32)
+
+    def reconstruction_loss(self, hidden, target, dtype):
+        """Mean squared error per patch."""
+        prediction = self.head(self.head_norm(hidden), dtype)
+        return jnp.mean(jnp.square(prediction - target), axis=-1)
+
+
+class ImageModality(Modality):
+    name = "image"
+    objective = "mim"
+
+    def validate(self, config):
+        from omni.config import ConfigError
+        cfg = config.modalities.image
+        if cfg.size % cfg.patch:
+            raise ConfigError(f"modalities.image.size={cfg.size} is not divisible by modalities.image.patch={cfg.patch}")
+        if not 0.0 <= config.loss.mim.mask_ratio < 1.0:
+            raise ConfigError(f"loss.mim.mask_ratio={config.loss.mim.mask_ratio} must be in [0, 1)")
+
+    def num_tokens(self, config):
+        return (config.modalities.image.size // config.modalities.image.patch) ** 2
+
+    def array_spec(self, config):
+        size = config.modalities.image.size
+        return {"image/pixels": ((size, size, 3), np.uint8)}
+
+    def encode(self, value, config, assets):
+        return {"image/pixels": load_image(value, config.modalities.image.size)}
+
+    def make_stem(self, config, rngs):
+        return ImageStem(config, rngs)

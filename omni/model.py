@@ -1,0 +1,144 @@
+"""The single early-fusion transformer.
+
+Every modality's stem turns its arrays into tokens; the model prepends that modality's CLS token,
+adds its modality-type embedding, and runs ONE shared pre-norm transformer, in two ways:
+
+  * unimodal: each modality's block on its own (same weights, one call per modality). This equals
+    a block-diagonal mask over the concatenation, without paying for the masked-out blocks.
+    The CLS outputs, projected and L2-normalised, feed the contrastive losses and `embed`.
+  * fused: all modalities concatenated, full attention over every present, non-padding token.
+    Used on masked inputs for the masked-modelling losses.
+
+Layers are stored stacked (leading `layers` axis) and run under `jax.lax.scan`, so compile time
+does not grow with depth; `model.remat` picks what the backward pass recomputes.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from omni.modalities import registry
+from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param
+from omni.parallel import constrain
+
+MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
+
+REMAT_POLICIES = {
+    "full": None,  # save nothing, recompute the whole block
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+class Transformer(nnx.Module):
+    """`depth` pre-norm blocks (attention + GELU MLP) with parameters stacked on a leading axis."""
+
+    def __init__(self, config, rngs: nnx.Rngs):
+        m = config.model
+        depth, width, heads = m.depth, m.width, m.heads
+        head_dim, hidden = width // heads, width * m.mlp_ratio
+        out_scale = width ** -0.5 / (2 * depth) ** 0.5  # GPT-2 style: residual writes shrink with depth
+        self.ln1_scale = param(rngs, (depth, width), ("layers", "embed"), init="ones")
+        self.ln1_bias = param(rngs, (depth, width), ("layers", "embed"), init="zeros")
+        qkv_names = ("layers", "embed", "heads", "head_dim")
+        self.wq = param(rngs, (depth, width, heads, head_dim), qkv_names, scale=width ** -0.5)
+        self.wk = param(rngs, (depth, width, heads, head_dim), qkv_names, scale=width ** -0.5)
+        self.wv = param(rngs, (depth, width, heads, head_dim), qkv_names, scale=width ** -0.5)
+        self.wo = param(rngs, (depth, heads, head_dim, width), ("layers", "heads", "head_dim", "embed"),
+                        scale=out_scale)
+        self.ln2_scale = param(rngs, (depth, width), ("layers", "embed"), init="ones")
+        self.ln2_bias = param(rngs, (depth, width), ("layers", "embed"), init="zeros")
+        self.w_in = param(rngs, (depth, width, hidden), ("layers", "embed", "mlp"), scale=width ** -0.5)
+        self.b_in = param(rngs, (depth, hidden), ("layers", "mlp"), init="zeros")
+        self.w_out = param(rngs, (depth, hidden, width), ("layers", "mlp", "embed"), scale=out_scale)
+        self.b_out = param(rngs, (depth, width), ("layers", "embed"), init="zeros")
+        self.dtype = jnp.dtype(m.dtype)
+        self.remat = m.remat
+        self.scan_layers = m.scan_layers
+
+    def __call__(self, x, key_valid):
+        """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
+        layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+        bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
+        dtype = self.dtype
+
+        def block(h, p):
+            h = constrain(h, ("batch", "length", "embed"))
+            y = layer_norm(h, p["ln1_scale"], p["ln1_bias"])
+            q = matmul(y, p["wq"], dtype, "btd,dhk->bthk")
+            k = matmul(y, p["wk"], dtype, "btd,dhk->bthk")
+            v = matmul(y, p["wv"], dtype, "btd,dhk->bthk")
+            logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * q.shape[-1] ** -0.5 + bias
+            weights = jax.nn.softmax(logits, axis=-1)
+            attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
+            h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
+            y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
+            y = jax.nn.gelu(matmul(y, p["w_in"], dtype, "btd,df->btf") + p["b_in"])
+            return h + matmul(y, p["w_out"], dtype, "btf,fd->btd") + p["b_out"]
+
+        if self.remat != "none":
+            block = jax.checkpoint(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+        if self.scan_layers:
+            x, _ = jax.lax.scan(lambda h, p: (block(h, p), None), x, layers)
+        else:
+            for i in range(self.ln1_scale.shape[0]):
+                x = block(x, jax.tree.map(lambda a: a[i], layers))
+        return x
+
+
+class Omni(nnx.Module):
+    def __init__(self, config, rngs: nnx.Rngs):
+        width = config.model.width
+        self.modality_names = tuple(config.modalities.keys())
+        self.stems = nnx.Dict({n: registry.get(n).make_stem(config, rngs) for n in self.modality_names})
+        count = len(self.modality_names)
+        self.cls = param(rngs, (count, width), ("modality", "embed"))
+        self.type_embed = param(rngs, (count, width), ("modality", "embed"))
+        self.encoder = Transformer(config, rngs)
+        self.final_norm = LayerNorm(rngs, width)
+        self.projections = nnx.Dict({
+            n: Dense(rngs, width, config.model.embed_dim, names=("embed", "proj")) for n in self.modality_names})
+        # Contrastive temperature t (logits scale exp(t)) and bias b, learned.
+        # SigLIP starts at t = log 10, b = -10; InfoNCE (CLIP) at t = log(1/0.07), no bias.
+        siglip = config.loss.contrastive.kind == "siglip"
+        self.logit_scale = param(rngs, (), (), init=float(jnp.log(10.0) if siglip else jnp.log(1 / 0.07)))
+        self.logit_bias = param(rngs, (), (), init=-10.0 if siglip else 0.0)
+        self.dtype = jnp.dtype(config.model.dtype)
+
+    def sequence(self, name, tokens, valid, present):
+        """Prepend CLS, add the modality-type embedding; valid = token valid AND modality present."""
+        i = self.modality_names.index(name)
+        batch = tokens.shape[0]
+        cls = jnp.broadcast_to(self.cls[...][i], (batch, 1, tokens.shape[-1]))
+        x = jnp.concatenate([cls, tokens], axis=1) + self.type_embed[...][i]
+        valid = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1) & present[:, None]
+        return x, valid
+
+    def embed(self, name, inputs):
+        """Unimodal pass on clean inputs -> L2-normalised embedding [B, embed_dim] (f32)."""
+        tokens, valid = self.stems[name].embed(inputs, self.dtype)
+        x, valid = self.sequence(name, tokens, valid, jnp.ones(tokens.shape[0], bool))
+        h = self.encoder(x, valid)
+        z = self.projections[name](self.final_norm(h[:, 0]), self.dtype)
+        return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
+
+    def fused(self, blocks):
+        """blocks: name -> (tokens [B, L, D], valid [B, L] incl. presence). One pass over their
+        concatenation; returns name -> hidden states of that modality's tokens (CLS dropped)."""
+        xs, valids, lengths = [], [], []
+        for name in self.modality_names:
+            x, valid = blocks[name]
+            xs.append(x)
+            valids.append(valid)
+            lengths.append(x.shape[1])
+        h = self.encoder(jnp.concatenate(xs, axis=1), jnp.concatenate(valids, axis=1))
+        h = self.final_norm(h)
+        out, start = {}, 0
+        for name, length in zip(self.modality_names, lengths):
+            out[name] = h[:, start + 1: start + length]
+            start += length
+        return out
+
+
+def count_params(params) -> int:
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,113 @@
+"""Masked and contrastive objectives, and their weighted mixture.
+
+Objectives (config.loss.<name>.weight each):
+  * contrastive: SigLIP sigmoid loss (default) or InfoNCE between the unimodal CLS embeddings of
+    every pair of modalities, over the rows where both are present;
+  * per-modality masked modelling (mlm for text, mim for image, ...): reconstruct the masked tokens
+    of examples in which that modality is the ONLY one present;
+  * mmm, masked multimodal modelling: the same reconstruction for examples with two or more
+    modalities present, where the fused pass lets each masked token use the other modalities.
+Both masked kinds come from ONE fused pass over masked inputs; an example belongs to exactly one.
+An absent modality adds no loss and no gradient; an objective with nothing to score adds exactly 0.
+"""
+from __future__ import annotations
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+
+from omni.modalities import registry
+
+
+def safe_mean(values, weights):
+    """sum(w * v) / sum(w), and exactly 0 (with zero gradient) when every weight is 0."""
+    total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
+    count = jnp.sum(weights)
+    return total / jnp.maximum(count, 1.0)
+
+
+def siglip_loss(za, zb, logit_scale, logit_bias, valid):
+    """Sigmoid loss of Zhai et al. (2023): every (i, j) is a binary pair-or-not decision.
+    loss = -1/n * sum_ij log sigmoid(label_ij * (exp(t) za_i.zb_j + b)), label = +1 on the diagonal,
+    -1 elsewhere, over rows and columns that are valid; n = number of valid rows."""
+    logits = jnp.exp(logit_scale) * (za @ zb.T) + logit_bias
+    labels = 2.0 * jnp.eye(za.shape[0]) - 1.0
+    pair_valid = valid[:, None] & valid[None, :]
+    per_pair = jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0)
+    return -jnp.sum(per_pair) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def infonce_loss(za, zb, logit_scale, valid):
+    """CLIP's symmetric softmax cross-entropy over valid rows/columns, averaged over both directions."""
+    logits = jnp.exp(logit_scale) * (za @ zb.T)
+    logits = jnp.where(valid[:, None] & valid[None, :], logits, -1e9)
+    diagonal = jnp.diagonal(logits)
+    a_to_b = jax.nn.logsumexp(logits, axis=1) - diagonal
+    b_to_a = jax.nn.logsumexp(logits, axis=0) - diagonal
+    return safe_mean(0.5 * (a_to_b + b_to_a), valid.astype(jnp.float32))
+
+
+def contrastive_losses(model, batch, config):
+    """Unimodal pass per modality, then one contrastive term per present pair (a, b)."""
+    names = model.modality_names
+    embeddings = {n: model.embed(n, batch) for n in names}
+    kind = config.loss.contrastive.kind
+    losses = {}
+    for a, b in itertools.combinations(names, 2):
+        valid = batch[f"{a}/present"] & batch[f"{b}/present"]
+        if kind == "siglip":
+            loss = siglip_loss(embeddings[a], embeddings[b], model.logit_scale[...], model.logit_bias[...], valid)
+        else:
+            loss = infonce_loss(embeddings[a], embeddings[b], model.logit_scale[...], valid)
+        losses[f"{a}-{b}"] = (loss, jnp.any(valid))
+    return losses
+
+
+def masked_losses(model, batch, rng, config):
+    """One fused pass over masked inputs -> {objective: loss} for each masked objective and mmm."""
+    names = model.modality_names
+    present = {n: batch[f"{n}/present"] for n in names}
+    multimodal = sum(p.astype(jnp.int32) for p in present.values()) >= 2
+    blocks, targets = {}, {}
+    for i, name in enumerate(names):
+        stem = model.stems[name]
+        tokens, valid, target, picked = stem.masked_embed(batch, jax.random.fold_in(rng, i), model.dtype)
+        blocks[name] = model.sequence(name, tokens, valid, present[name])
+        targets[name] = (target, picked * valid * present[name][:, None])
+    hidden = model.fused(blocks)
+    losses = {}
+    mmm_values, mmm_weights = [], []
+    for name in names:
+        target, weight = targets[name]
+        per_position = model.stems[name].reconstruction_loss(hidden[name], target, model.dtype)
+        alone = weight * (~multimodal)[:, None]
+        losses[registry.get(name).objective] = safe_mean(per_position, alone)
+        mmm_values.append(per_position.reshape(-1))
+        mmm_weights.append((weight * multimodal[:, None]).reshape(-1))
+    losses["mmm"] = safe_mean(jnp.concatenate(mmm_values), jnp.concatenate(mmm_weights))
+    return losses
+
+
+def total_loss(model, batch, rng, config):
+    """Weighted sum of every enabled objective -> (loss, metrics). Zero-weight objectives are not
+    computed at all, so they cost nothing."""
+    weights = {name: float(config.loss[name].weight) for name in config.loss}
+    metrics = {}
+    total = 0.0
+    masked_names = set(registry.masked_objectives()) | {"mmm"}
+    if any(weights.get(n, 0.0) > 0 for n in masked_names):
+        for name, loss in masked_losses(model, batch, rng, config).items():
+            metrics[f"loss/{name}"] = loss
+            total = total + weights.get(name, 0.0) * loss
+    if weights.get("contrastive", 0.0) > 0:
+        pairs = contrastive_losses(model, batch, config)
+        # Average over the pairs that have at least one valid row in this batch.
+        active = sum(has.astype(jnp.float32) for _, has in pairs.values())
+        contrastive = sum(loss for loss, _ in pairs.values()) / jnp.maximum(active, 1.0)
+        for pair, (loss, _) in pairs.items():
+            metrics[f"loss/contrastive/{pair}"] = loss
+        metrics["loss/contrastive"] = contrastive
+        total = total + weights["contrastive"] * contrastive
+    metrics["loss"] = total
+    return total, metrics

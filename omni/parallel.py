@@ -1,0 +1,95 @@
+"""Device mesh, logical -> physical axis rules, shardings, and multi-host initialisation.
+
+Parameters and activations are named with *logical* axes (embed, mlp, heads, vocab, batch, ...);
+AXIS_RULES maps each to mesh axes of the `data x fsdp x tensor` mesh:
+  * batch  -> (data, fsdp): every data-parallel replica and every FSDP shard gets its own examples;
+  * embed  -> fsdp: parameters (and so optimizer state) are sharded over fsdp (ZeRO-3 style);
+  * mlp, heads, vocab -> tensor: Megatron-style tensor parallelism.
+A dimension that does not divide by its mesh axes is replicated instead of failing.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+AXIS_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("embed", ("fsdp",)),
+    ("mlp", ("tensor",)),
+    ("heads", ("tensor",)),
+    ("vocab", ("tensor",)),
+    ("proj", None),
+    ("patch", None),
+    ("head_dim", None),
+    ("length", None),
+    ("layers", None),
+    ("modality", None),
+)
+_RULES = dict(AXIS_RULES)
+
+
+def maybe_initialize_distributed() -> None:
+    """Join a multi-process run when the environment describes one (explicit coordinator
+    variables set by launch/*, or SLURM / TPU VM / Kubernetes, which jax detects itself)."""
+    if jax.distributed.is_initialized():
+        return
+    coordinator = os.environ.get("OMNI_COORDINATOR")
+    if coordinator:
+        jax.distributed.initialize(
+            coordinator_address=coordinator,
+            num_processes=int(os.environ["OMNI_NUM_PROCESSES"]),
+            process_id=int(os.environ["OMNI_PROCESS_ID"]),
+        )
+    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JOBSET_NAME")) \
+            and os.environ.get("OMNI_NO_DISTRIBUTED") != "1":
+        jax.distributed.initialize()
+
+
+def make_mesh(shape: tuple[int, int, int]) -> Mesh:
+    """A (data, fsdp, tensor) mesh over all devices, Auto axis types (sharding by the compiler)."""
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_spec(names, shape=None, mesh: Mesh | None = None) -> P:
+    """Logical axis names -> PartitionSpec. With shape and mesh, a mesh axis that does not divide
+    its dimension (or is already used by an earlier dimension) is dropped: that dim is replicated."""
+    used: set[str] = set()
+    spec = []
+    for i, name in enumerate(names):
+        axes = _RULES.get(name) if name is not None else None
+        if axes is None:
+            spec.append(None)
+            continue
+        axes = tuple(a for a in axes if a not in used)
+        if mesh is not None and shape is not None:
+            size = math.prod(mesh.shape[a] for a in axes)
+            if size == 0 or shape[i] % size:
+                axes = tuple(a for a in axes if shape[i] % mesh.shape[a] == 0)[:1]
+        axes = tuple(a for a in axes if mesh is None or mesh.shape[a] > 1)
+        used.update(axes)
+        spec.append(None if not axes else axes[0] if len(axes) == 1 else axes)
+    return P(*spec)
+
+
+def constrain(x, names):
+    """Sharding constraint on an activation by logical names; a no-op outside a mesh context."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1)))
+
+
+def global_batch(local: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Process-local numpy batch -> global jax.Arrays sharded over the batch axes."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding(mesh, v.ndim), v)
+            for k, v in local.items()}

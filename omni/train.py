@@ -1,0 +1,418 @@
+"""The training loop, top to bottom: mesh -> data -> model and shardings -> update step -> loop.
+
+The update step is one pure function `train_step(state, batch) -> (state, metrics)` compiled once
+with `jax.jit` (in/out shardings on the data x fsdp x tensor mesh, the old state donated). Random
+keys are derived from (seed, step), and data order from (seed, position), so a run resumed from
+a checkpoint continues exactly as if it had never stopped.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from omni import config as config_lib
+from omni import objectives, parallel
+from omni.checkpoint import Checkpoints, abstract_like
+from omni.data import pipeline
+from omni.data.records import open_split
+from omni.model import Omni, count_params
+from omni.modalities import registry
+from omni.modalities.text import BPETokenizer
+
+
+def log(message: str) -> None:
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
+# ==============================================================================================
+# Model, optimizer and their shardings
+# ==============================================================================================
+
+def make_optimizer(config):
+    t = config.train
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.lr, warmup_steps=min(t.warmup_steps, t.steps),
+        decay_steps=t.steps, end_value=t.lr * t.min_lr_ratio)
+    # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(t.grad_clip),
+        optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
+    return tx, schedule
+
+
+def _set_path(tree: dict, path, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def param_shardings(abstract_state, mesh) -> dict:
+    """Pure dict (same structure as the params) of NamedShardings from each Param's logical names."""
+    out: dict = {}
+    for path, var in nnx.to_flat_state(abstract_state):
+        names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
+        _set_path(out, path, NamedSharding(mesh, parallel.logical_to_spec(names, var.shape, mesh)))
+    return out
+
+
+def batch_spec(config) -> dict[str, tuple[tuple, np.dtype]]:
+    """Global batch arrays: key -> (shape, dtype)."""
+    batch = int(config.train.batch_size)
+    spec = {}
+    for name in config.modalities:
+        for key, (shape, dtype) in registry.get(name).array_spec(config).items():
+            spec[key] = ((batch, *shape), dtype)
+        spec[f"{name}/present"] = ((batch,), np.bool_)
+    return spec
+
+
+@dataclass
+class Setup:
+    """Everything compiled code needs: the model's graph, state shardings, the step functions."""
+    config: object
+    mesh: object
+    graphdef: object
+    state_shardings: dict
+    abstract_state: dict
+    tx: object
+    schedule: object
+
+    def init_state(self):
+        config = self.config
+
+        def init():
+            model = Omni(config, nnx.Rngs(params=int(config.train.seed)))
+            params = nnx.to_pure_dict(nnx.split(model)[1])
+            return {"step": jnp.zeros((), jnp.int32), "params": params,
+                    "opt_state": self.tx.init(params), "bad_steps": jnp.zeros((), jnp.int32)}
+
+        return jax.jit(init, out_shardings=self.state_shardings)()
+
+    def batch_shardings(self):
+        return {k: parallel.batch_sharding(self.mesh, len(shape)) for k, (shape, _) in batch_spec(self.config).items()}
+
+    def compile_train_step(self):
+        step_fn = make_train_step(self.config, self.graphdef, self.tx)
+        return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings()),
+                       out_shardings=(self.state_shardings, None), donate_argnums=0)
+
+    def embed_fn(self, name: str):
+        """Jitted params, batch -> normalised embeddings of one modality (unimodal pass)."""
+        graphdef = self.graphdef
+        return jax.jit(lambda params, batch: nnx.merge(graphdef, params).embed(name, batch))
+
+
+def build_setup(config, mesh) -> Setup:
+    abstract_model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
+    graphdef, abstract_vars = nnx.split(abstract_model)
+    shardings = param_shardings(abstract_vars, mesh)
+    tx, schedule = make_optimizer(config)
+    abstract_params = nnx.to_pure_dict(abstract_vars)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = NamedSharding(mesh, P())
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, shardings, transform_non_params=lambda _: replicated)
+    state_shardings = {"step": replicated, "params": shardings, "opt_state": opt_shardings,
+                       "bad_steps": replicated}
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+                      "opt_state": abstract_opt, "bad_steps": jax.ShapeDtypeStruct((), jnp.int32)}
+    return Setup(config, mesh, graphdef, state_shardings, abstract_like(abstract_state, state_shardings),
+                 tx, schedule)
+
+
+def make_train_step(config, graphdef, tx):
+    seed = int(config.train.seed)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
+            return objectives.total_loss(model, batch, rng, config)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grad_norm = optax.global_norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # A non-finite loss or gradient skips the update (the data still moves on) and is counted.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep_if_finite(params, state["params"]),
+            "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+            "bad_steps": jnp.where(finite, 0, state["bad_steps"] + 1),
+        }
+        metrics = dict(metrics, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
+        return new_state, metrics
+
+    return train_step
+
+
+# ==============================================================================================
+# FLOPs and the device's measured peak, for MFU
+# ==============================================================================================
+
+def model_flops_per_step(config) -> float:
+    """Analytic training FLOPs per step = 3 x forward (backward costs twice the forward).
+
+    Forward per layer, for a sequence of T tokens of width D, MLP width F = mlp_ratio*D:
+      projections 2*T*(4*D^2) (q, k, v, out) + MLP 2*T*(2*D*F) + attention scores and mixing 2*2*T^2*D.
+    The step runs the transformer once per modality on its own tokens (unimodal pass) and once on
+    their concatenation (fused pass); plus the stems and heads: image patch projection (both
+    passes) and reconstruction head, text output layer (tied embedding), contrastive projections.
+    """
+    m = config.model
+    width, hidden = m.width, m.width * m.mlp_ratio
+    lengths = {n: registry.get(n).num_tokens(config) + 1 for n in config.modalities}
+
+    def transformer(tokens):
+        per_layer = 2 * tokens * (4 * width ** 2 + 2 * width * hidden) + 4 * tokens ** 2 * width
+        return m.depth * per_layer
+
+    forward = sum(transformer(t) for t in lengths.values()) + transformer(sum(lengths.values()))
+    if "text" in lengths:
+        forward += 2 * (lengths["text"] - 1) * width * config.modalities.text.vocab_size
+    if "image" in lengths:
+        patch_dim = config.modalities.image.patch ** 2 * 3
+        forward += 3 * 2 * (lengths["image"] - 1) * patch_dim * width
+    forward += 2 * len(lengths) * width * m.embed_dim
+    return 3.0 * forward * config.train.batch_size
+
+
+def measure_peak_flops(dtype: str, size: int = 2048, repeats: int = 5) -> float:
+    """FLOP/s of a large matmul in the compute dtype (bf16 inputs accumulate in f32), best of N."""
+    dt = jnp.dtype(dtype)
+    a = jnp.ones((size, size), dt)
+    b = jnp.ones((size, size), dt)
+    f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size ** 3 / best
+
+
+def tokens_per_step(config) -> int:
+    return config.train.batch_size * sum(registry.get(n).num_tokens(config) for n in config.modalities)
+
+
+# ==============================================================================================
+# Assets: the tokenizer belongs to the run
+# ==============================================================================================
+
+def load_or_train_tokenizer(config, workdir: Path, checkpoints: Checkpoints | None, source) -> BPETokenizer:
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        assets = checkpoints.restore_assets(checkpoints.latest_step())
+        return BPETokenizer.from_json(assets["tokenizer"])
+    path = workdir / "tokenizer.json"
+    if path.exists():
+        return BPETokenizer.load(path)
+    if config.init_from:
+        return BPETokenizer.load(Path(config.init_from) / "tokenizer.json")
+    log("training the BPE tokenizer on the training corpus")
+    tokenizer = BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)
+    if jax.process_index() == 0:
+        tmp = path.with_suffix(".tmp")
+        tokenizer.save(tmp)
+        os.replace(tmp, path)
+    return tokenizer
+
+
+# ==============================================================================================
+# Metrics output
+# ==============================================================================================
+
+class MetricsWriter:
+    """metrics.jsonl and TensorBoard, process 0 only."""
+
+    def __init__(self, workdir: Path):
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+            self.jsonl = open(workdir / "metrics.jsonl", "a")
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
+        self.jsonl.write(json.dumps(row) + "\n")
+        self.jsonl.flush()
+        for key, value in row.items():
+            if key != "step":
+                self.tensorboard.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.jsonl.close()
+            self.tensorboard.close()
+
+
+class Progress:
+    """A rich progress bar on stderr: step, loss, steps/s, ETA."""
+
+    def __init__(self, total: int, start: int):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
+        from rich.progress import TextColumn, TimeRemainingColumn
+        self.enabled = jax.process_index() == 0
+        if self.enabled:
+            self.bar = RichProgress(
+                TextColumn("step"), MofNCompleteColumn(), BarColumn(),
+                TextColumn("loss {task.fields[loss]}  {task.fields[rate]} steps/s  mfu {task.fields[mfu]}"),
+                TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+            self.task = self.bar.add_task("train", total=total, completed=start, loss="-", rate="-", mfu="-")
+            self.bar.start()
+
+    def update(self, step: int, **fields) -> None:
+        if self.enabled:
+            self.bar.update(self.task, completed=step, **fields)
+
+    def close(self) -> None:
+        if self.enabled:
+            self.bar.stop()
+
+
+# ==============================================================================================
+# The run
+# ==============================================================================================
+
+class Preempted(Exception):
+    pass
+
+
+def train(config, workdir: str | Path) -> dict:
+    """Train (or resume) the run in workdir. Returns the last logged metrics."""
+    from omni import evaluate
+
+    # ---- Set up the mesh ---------------------------------------------------------------------
+    parallel.maybe_initialize_distributed()
+    config_lib.validate(config, jax.device_count())
+    mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es); workdir {workdir}")
+
+    # ---- Input pipeline and the run's assets ------------------------------------------------
+    data_dir = pipeline.resolve_data_dir(config)
+    source = open_split(data_dir, "train")
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=int(config.train.keep_checkpoints))
+    tokenizer = load_or_train_tokenizer(config, workdir, checkpoints, source)
+    assets = {"tokenizer": tokenizer}
+    saved_assets = {"tokenizer": tokenizer.to_json()}
+
+    # ---- Model, optimizer, shardings; restore or initialise -----------------------------------
+    with jax.set_mesh(mesh):
+        setup = build_setup(config, mesh)
+        start = checkpoints.latest_step()
+        if start is not None:
+            state = checkpoints.restore_state(start, setup.abstract_state)
+            log(f"resumed from step {start}")
+        else:
+            state = setup.init_state()
+            if config.init_from:
+                from omni.export import load_bundle_params
+                state["params"] = jax.device_put(load_bundle_params(config.init_from, state["params"]),
+                                                 setup.state_shardings["params"])
+                log(f"initialised from bundle {config.init_from}")
+            start = 0
+        log(f"{count_params(state['params']):,} parameters")
+        train_step = setup.compile_train_step()
+        batch_shardings = setup.batch_shardings()
+
+    # ---- Evaluation set ------------------------------------------------------------------------
+    eval_source = None
+    if config.train.eval_every > 0 and config.eval.split in pipeline_splits(data_dir):
+        eval_source = open_split(data_dir, config.eval.split)
+
+    # ---- Train loop ------------------------------------------------------------------------------
+    flops = model_flops_per_step(config)
+    peak = measure_peak_flops(config.model.dtype)
+    tokens = tokens_per_step(config)
+    writer = MetricsWriter(workdir)
+    progress = Progress(int(config.train.steps), start)
+    preempted = {"flag": False}
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.__setitem__("flag", True))
+    batches = pipeline.training_batches(source, config, assets, start_step=start)
+    skipped_examples = 0
+    last = {}
+    window_start, window_steps = time.perf_counter(), 0
+    step = start
+    try:
+        with jax.set_mesh(mesh):
+            for step in range(start, int(config.train.steps)):
+                local_batch, problems = next(batches)
+                for problem in problems:
+                    log(f"skipped input: {problem}")
+                skipped_examples += len(problems)
+                batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
+                         for k, v in local_batch.items()}
+                state, metrics = train_step(state, batch)
+                window_steps += 1
+                done = step + 1
+                if done % config.train.log_every == 0 or done == config.train.steps:
+                    metrics = jax.device_get(metrics)  # the only host sync: once per log interval
+                    elapsed = (time.perf_counter() - window_start) / window_steps
+                    last = {**metrics, "lr": float(setup.schedule(step)), "step_time_s": elapsed,
+                            "tokens_per_s": tokens / elapsed, "mfu": flops / elapsed / peak,
+                            "skipped_examples": skipped_examples}
+                    writer.write(done, last)
+                    progress.update(done, loss=f"{last['loss']:.4f}", rate=f"{1 / elapsed:.2f}",
+                                    mfu=f"{last['mfu']:.2f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                    _check_bad_steps(config, state, metrics)
+                else:
+                    progress.update(done)
+                if done % config.train.checkpoint_every == 0 or done == config.train.steps:
+                    checkpoints.save(done, state, saved_assets)
+                if eval_source is not None and (done % config.train.eval_every == 0 or done == config.train.steps):
+                    results = evaluate.retrieval_during_training(setup, state["params"], eval_source, config, assets)
+                    writer.write(done, results)
+                    last.update(results)
+                    log(" ".join(f"{k}={v:.3f}" for k, v in results.items() if k.endswith("R@1")))
+                    window_start, window_steps = time.perf_counter(), 0
+                if preempted["flag"]:
+                    checkpoints.save(done, state, saved_assets, force=True)
+                    raise Preempted(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume")
+    finally:
+        progress.close()
+        checkpoints.close()
+        writer.close()
+        signal.signal(signal.SIGTERM, previous_handler)
+    return last
+
+
+def pipeline_splits(data_dir) -> list[str]:
+    from omni.data.records import split_names
+    return split_names(data_dir)
+
+
+def _check_bad_steps(config, state, metrics) -> None:
+    limit = int(config.train.max_bad_steps)
+    bad = int(jax.device_get(state["bad_steps"]))
+    if limit and bad >= limit:
+        culprits = [k for k, v in metrics.items() if k.startswith("loss/") and not np.isfinite(v)]
+        raise FloatingPointError(
+            f"{bad} consecutive steps had a non-finite loss or gradient (non-finite: "
+            f"{', '.join(culprits) or 'gradients only'}); stopped without saving them")
