@@ -133,8 +133,8 @@ def load_run(workdir: str | Path):
     step = checkpoints.latest_step()
     if step is None:
         raise FileNotFoundError(f"{workdir}/checkpoints: no complete checkpoint")
+    setup = build_setup(config, mesh)
     with jax.set_mesh(mesh):
-        setup = build_setup(config, mesh)
         state = checkpoints.restore_state(step, setup.abstract_state)
     assets = {"tokenizer": BPETokenizer.from_json(checkpoints.restore_assets(step)["tokenizer"])}
     checkpoints.close()

@@ -14,6 +14,8 @@ does not grow with depth; `model.remat` picks what the backward pass recomputes.
 """
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -101,7 +103,7 @@ class Omni(nnx.Module):
         # Contrastive temperature t (logits scale exp(t)) and bias b, learned.
         # SigLIP starts at t = log 10, b = -10; InfoNCE (CLIP) at t = log(1/0.07), no bias.
         siglip = config.loss.contrastive.kind == "siglip"
-        self.logit_scale = param(rngs, (), (), init=float(jnp.log(10.0) if siglip else jnp.log(1 / 0.07)))
+        self.logit_scale = param(rngs, (), (), init=math.log(10.0) if siglip else math.log(1 / 0.07))
         self.logit_bias = param(rngs, (), (), init=-10.0 if siglip else 0.0)
         self.dtype = jnp.dtype(config.model.dtype)
 

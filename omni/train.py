@@ -44,9 +44,10 @@ def log(message: str) -> None:
 
 def make_optimizer(config):
     t = config.train
+    warmup = min(int(t.warmup_steps), int(t.steps) // 2)  # short test runs still decay
     schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.lr, warmup_steps=min(t.warmup_steps, t.steps),
-        decay_steps=t.steps, end_value=t.lr * t.min_lr_ratio)
+        init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
+        decay_steps=max(int(t.steps), warmup + 1), end_value=t.lr * t.min_lr_ratio)
     # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     tx = optax.chain(
@@ -118,6 +119,7 @@ class Setup:
 
 
 def build_setup(config, mesh) -> Setup:
+    """Call outside `jax.set_mesh`: the abstract model must not pick up flax's own sharding."""
     abstract_model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
     graphdef, abstract_vars = nnx.split(abstract_model)
     shardings = param_shardings(abstract_vars, mesh)
@@ -323,8 +325,8 @@ def train(config, workdir: str | Path) -> dict:
     saved_assets = {"tokenizer": tokenizer.to_json()}
 
     # ---- Model, optimizer, shardings; restore or initialise -----------------------------------
+    setup = build_setup(config, mesh)
     with jax.set_mesh(mesh):
-        setup = build_setup(config, mesh)
         start = checkpoints.latest_step()
         if start is not None:
             state = checkpoints.restore_state(start, setup.abstract_state)
@@ -372,7 +374,8 @@ def train(config, workdir: str | Path) -> dict:
                 window_steps += 1
                 done = step + 1
                 if done % config.train.log_every == 0 or done == config.train.steps:
-                    metrics = jax.device_get(metrics)  # the only host sync: once per log interval
+                    # The only host sync of the loop: once per log interval.
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     elapsed = (time.perf_counter() - window_start) / window_steps
                     last = {**metrics, "lr": float(setup.schedule(step)), "step_time_s": elapsed,
                             "tokens_per_s": tokens / elapsed, "mfu": flops / elapsed / peak,

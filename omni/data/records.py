@@ -45,6 +45,8 @@ def _builder_class():
 def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
     """Write records (dicts with FIELDS) per split as array_record under out_dir; returns out_dir."""
     out_dir = Path(out_dir)
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()
     builder = _builder_class()(splits=splits, data_dir=str(out_dir), file_format="array_record")
     builder.download_and_prepare()
     return out_dir
