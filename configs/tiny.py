@@ -11,9 +11,9 @@ def get_config():
     c.init_from = ""
 
     c.train = ml_collections.ConfigDict(dict(
-        steps=1500, batch_size=64, seed=0,
-        log_every=50, eval_every=500, checkpoint_every=500, keep_checkpoints=2,
-        lr=2e-3, warmup_steps=100, min_lr_ratio=0.05, weight_decay=0.05, grad_clip=1.0,
+        steps=600, batch_size=64, seed=0,
+        log_every=50, eval_every=300, checkpoint_every=300, keep_checkpoints=2,
+        lr=2e-3, warmup_steps=60, min_lr_ratio=0.05, weight_decay=0.05, grad_clip=1.0,
         b1=0.9, b2=0.98, max_bad_steps=0,
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))

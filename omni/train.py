@@ -12,6 +12,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,7 +149,7 @@ def make_train_step(config, graphdef, tx):
             return objectives.total_loss(model, batch, rng, config)
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         # A non-finite loss or gradient skips the update (the data still moves on) and is counted.
@@ -276,20 +277,33 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
         from rich.progress import TextColumn, TimeRemainingColumn
         self.enabled = jax.process_index() == 0
-        if self.enabled:
+        console = Console(stderr=True)
+        # Not a terminal (a cluster log file): plain lines at each log step instead of a bar.
+        self.plain = not console.is_terminal
+        self.total = total
+        self.started = time.perf_counter()
+        self.start_step = start
+        if self.enabled and not self.plain:
             self.bar = RichProgress(
                 TextColumn("step"), MofNCompleteColumn(), BarColumn(),
                 TextColumn("loss {task.fields[loss]}  {task.fields[rate]} steps/s  mfu {task.fields[mfu]}"),
-                TextColumn("ETA"), TimeRemainingColumn(), console=Console(stderr=True), transient=False)
+                TextColumn("ETA"), TimeRemainingColumn(), console=console, transient=False)
             self.task = self.bar.add_task("train", total=total, completed=start, loss="-", rate="-", mfu="-")
             self.bar.start()
 
     def update(self, step: int, **fields) -> None:
-        if self.enabled:
+        if not self.enabled:
+            return
+        if not self.plain:
             self.bar.update(self.task, completed=step, **fields)
+        elif fields:
+            rate = (step - self.start_step) / (time.perf_counter() - self.started)
+            eta = (self.total - step) / max(rate, 1e-9)
+            print(f"step {step}/{self.total}  loss {fields['loss']}  {fields['rate']} steps/s  "
+                  f"mfu {fields['mfu']}  ETA {eta / 60:.1f} min", file=sys.stderr, flush=True)
 
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and not self.plain:
             self.bar.stop()
 
 
@@ -301,15 +315,39 @@ class Preempted(Exception):
     pass
 
 
+class PreemptionSignal:
+    """Turns SIGTERM (how clusters preempt) into a flag that the loop checks after each step."""
+
+    def __init__(self):
+        self.received = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, *_):
+        self.received = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
 def train(config, workdir: str | Path) -> dict:
     """Train (or resume) the run in workdir. Returns the last logged metrics."""
+    with PreemptionSignal() as preemption:
+        return _train(config, Path(workdir), preemption)
+
+
+def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     from omni import evaluate
 
     # ---- Set up the mesh ---------------------------------------------------------------------
     parallel.maybe_initialize_distributed()
     config_lib.validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
-    workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config_lib.to_json(config))
@@ -354,8 +392,6 @@ def train(config, workdir: str | Path) -> dict:
     tokens = tokens_per_step(config)
     writer = MetricsWriter(workdir)
     progress = Progress(int(config.train.steps), start)
-    preempted = {"flag": False}
-    previous_handler = signal.signal(signal.SIGTERM, lambda *_: preempted.__setitem__("flag", True))
     batches = pipeline.training_batches(source, config, assets, start_step=start)
     skipped_examples = 0
     last = {}
@@ -395,14 +431,14 @@ def train(config, workdir: str | Path) -> dict:
                     last.update(results)
                     log(" ".join(f"{k}={v:.3f}" for k, v in results.items() if k.endswith("R@1")))
                     window_start, window_steps = time.perf_counter(), 0
-                if preempted["flag"]:
-                    checkpoints.save(done, state, saved_assets, force=True)
+                if preemption.received:
+                    if checkpoints.latest_step() != done:
+                        checkpoints.save(done, state, saved_assets, force=True)
                     raise Preempted(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume")
     finally:
         progress.close()
         checkpoints.close()
         writer.close()
-        signal.signal(signal.SIGTERM, previous_handler)
     return last
 
 

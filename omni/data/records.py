@@ -7,6 +7,8 @@ Read back with `open_split(DIR, split)`: random access by index, the input grain
 """
 from __future__ import annotations
 
+import contextlib
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +50,8 @@ def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
     builder = _builder_class()(splits=splits, data_dir=str(out_dir), file_format="array_record")
-    builder.download_and_prepare()
+    with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress on stdout; keep stdout for JSON
+        builder.download_and_prepare()
     return out_dir
 
 

@@ -1,0 +1,37 @@
+"""Shared test helpers: a very small model config, and a private dataset cache."""
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Tests must not depend on (or pollute) the user's cache.
+os.environ.setdefault("OMNI_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "omni"))
+
+REPO = Path(__file__).resolve().parent.parent
+
+# A model small enough that a step compiles in seconds on 2 CPU cores.
+SMALL = [
+    "--config.model.width=32", "--config.model.depth=2", "--config.model.heads=2",
+    "--config.model.embed_dim=32", "--config.train.batch_size=8",
+    "--config.modalities.text.max_len=12", "--config.modalities.text.vocab_size=400",
+    "--config.modalities.image.size=16", "--config.modalities.image.patch=8",
+    "--config.eval.batch_size=32", "--config.eval.max_examples=64",
+    "--config.data.num_threads=1",
+]
+
+
+def small_config(*overrides):
+    from omni.config import load_config
+    return load_config(None, SMALL + list(overrides))
+
+
+def omni_command(*args):
+    """The `omni` command of the environment running the tests."""
+    return [sys.executable, "-m", "omni.cli", *args]
+
+
+@pytest.fixture(scope="session")
+def default_data():
+    from omni.data.default import ensure_default_dataset
+    return ensure_default_dataset()

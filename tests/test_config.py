@@ -1,0 +1,75 @@
+"""Bad configs fail before anything compiles, with one line that names the key."""
+import subprocess
+
+import pytest
+
+from omni.config import ConfigError, load_config, resolve_mesh_shape, validate
+from tests.conftest import omni_command
+
+
+def test_overrides_are_typed():
+    config = load_config(None, ["--config.train.steps=7", "--config.train.lr=0.5",
+                                "--config.model.scan_layers=false", "--config.loss.contrastive.kind=infonce"])
+    assert config.train.steps == 7 and isinstance(config.train.steps, int)
+    assert config.train.lr == 0.5 and config.model.scan_layers is False
+    assert config.loss.contrastive.kind == "infonce"
+
+
+def test_base_config_loads_and_is_about_100m():
+    from omni.model import Omni
+    import jax
+    from flax import nnx
+    config = load_config("base")
+    validate(config, 1)
+    model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
+    count = sum(x.size for x in jax.tree.leaves(nnx.state(model)))
+    assert 80e6 < count < 150e6, count
+
+
+@pytest.mark.parametrize("override, message", [
+    ("--config.train.stepz=3", "unknown config key 'train.stepz'"),
+    ("--config.nosuch.key=3", "unknown config key 'nosuch'"),
+    ("--config.train.steps=abc", "config key 'train.steps'"),
+])
+def test_bad_overrides(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+@pytest.mark.parametrize("overrides, devices, message", [
+    (["--config.train.batch_size=10", "--config.mesh.data=4"], 4, "not divisible by the data-parallel size"),
+    (["--config.mesh.data=16"], 8, "needs 16 devices but only 8"),
+    (["--config.mesh.data=-1", "--config.mesh.fsdp=-1"], 8, "only one of"),
+    (["--config.loss.mlm.weight=0", "--config.loss.mim.weight=0", "--config.loss.mmm.weight=0",
+      "--config.loss.contrastive.weight=0"], 1, "every loss"),
+    (["--config.model.heads=3"], 1, "not divisible by model.heads"),
+    (["--config.modalities.image.patch=7"], 1, "modalities.image.size"),
+    (["--config.loss.contrastive.kind=hinge"], 1, "siglip or infonce"),
+])
+def test_validation_errors(overrides, devices, message):
+    config = load_config(None, overrides)
+    with pytest.raises(ConfigError, match=message):
+        validate(config, devices)
+
+
+def test_unknown_modality():
+    import ml_collections
+    config = load_config(None)
+    with config.unlocked():
+        config.modalities.smellovision = ml_collections.ConfigDict({"size": 1})
+    with pytest.raises(ConfigError, match="modalities.smellovision: unknown modality"):
+        validate(config, 1)
+
+
+def test_mesh_minus_one_takes_the_rest():
+    config = load_config(None, ["--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.mesh.tensor=2"])
+    assert resolve_mesh_shape(config, 8) == (2, 2, 2)
+
+
+def test_cli_prints_one_line_and_exits_2(tmp_path):
+    result = subprocess.run(omni_command("train", "--workdir", str(tmp_path), "--config.mesh.data=4"),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "omni: config error: mesh 4x1x1 needs 4 devices but only 1 are present")
+    assert not (tmp_path / "checkpoints").exists()
