@@ -80,8 +80,10 @@ def _train(args, overrides) -> int:
     except Preempted as e:
         print(f"omni: {e}", file=sys.stderr)
         return 0
-    summary = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("eval/")}
-    print(json.dumps({"workdir": str(workdir), **summary}))
+    import jax
+    if jax.process_index() == 0:
+        summary = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("eval/")}
+        print(json.dumps({"workdir": str(workdir), **summary}))
     return 0
 
 

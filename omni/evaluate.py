@@ -31,7 +31,7 @@ def embed_records(setup, params, source, config, assets, modality: str, max_exam
     batch_size = int(config.eval.batch_size)
     vectors, kept = [], []
     for batch, count, records in pipeline.eval_batches(source, config, assets, batch_size, max_examples):
-        z = np.asarray(jax.device_get(embed(params, batch)))[:count]
+        z = embed(params, batch)[:count]
         present = batch[f"{modality}/present"][:count]
         vectors.append(z[present])
         kept.extend(r for r, p in zip(records, present) if p)

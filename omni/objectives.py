@@ -16,6 +16,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from omni.modalities import registry
 
@@ -38,6 +39,51 @@ def siglip_loss(za, zb, logit_scale, logit_bias, valid):
     return -jnp.sum(per_pair) / jnp.maximum(jnp.sum(valid), 1)
 
 
+def _siglip_block_sum(za, zb, logit_scale, logit_bias, valid_a, valid_b, diagonal: bool):
+    """sum of log sigmoid(label * logit) over valid pairs of one block of the similarity matrix."""
+    logits = jnp.exp(logit_scale) * (za @ zb.T) + logit_bias
+    labels = 2.0 * jnp.eye(za.shape[0]) - 1.0 if diagonal else -jnp.ones_like(logits)
+    pair_valid = valid_a[:, None] & valid_b[None, :]
+    return jnp.sum(jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0))
+
+
+def batch_mesh_axes() -> tuple[str, ...]:
+    """The mesh axes the batch is sharded over in the current mesh context (empty if none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return ()
+    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
+
+
+def siglip_loss_chunked(za, zb, logit_scale, logit_bias, valid):
+    """SigLIP over a batch sharded across devices, without gathering the global similarity matrix
+    (the SigLIP paper's chunked scheme). Each device scores its own rows against its own columns
+    (the positives), then passes its text-side chunk around the ring with ppermute n-1 times and
+    scores the negatives of each visiting chunk. Memory per device stays O(b_local^2); the result
+    equals `siglip_loss` on the gathered batch."""
+    axes = batch_mesh_axes()
+    if not axes:
+        return siglip_loss(za, zb, logit_scale, logit_bias, valid)
+    mesh = jax.sharding.get_abstract_mesh()
+    shards = 1
+    for a in axes:
+        shards *= mesh.shape[a]
+    ring = [(i, (i + 1) % shards) for i in range(shards)]
+
+    def local(za, zb, valid_a, valid_b, t, b):
+        total = _siglip_block_sum(za, zb, t, b, valid_a, valid_b, diagonal=True)
+        for _ in range(shards - 1):
+            zb, valid_b = jax.lax.ppermute((zb, valid_b), axes, ring)
+            total += _siglip_block_sum(za, zb, t, b, valid_a, valid_b, diagonal=False)
+        total = jax.lax.psum(total, axes)
+        count = jax.lax.psum(jnp.sum(valid_a), axes)
+        return -total / jnp.maximum(count, 1)
+
+    rows = P(axes)
+    return jax.shard_map(local, in_specs=(rows, rows, rows, rows, P(), P()), out_specs=P(),
+                         check_vma=False)(za, zb, valid, valid, logit_scale, logit_bias)
+
+
 def infonce_loss(za, zb, logit_scale, valid):
     """CLIP's symmetric softmax cross-entropy over valid rows/columns, averaged over both directions."""
     logits = jnp.exp(logit_scale) * (za @ zb.T)
@@ -57,7 +103,8 @@ def contrastive_losses(model, batch, config):
     for a, b in itertools.combinations(names, 2):
         valid = batch[f"{a}/present"] & batch[f"{b}/present"]
         if kind == "siglip":
-            loss = siglip_loss(embeddings[a], embeddings[b], model.logit_scale[...], model.logit_bias[...], valid)
+            loss = siglip_loss_chunked(embeddings[a], embeddings[b], model.logit_scale[...],
+                                       model.logit_bias[...], valid)
         else:
             loss = infonce_loss(embeddings[a], embeddings[b], model.logit_scale[...], valid)
         losses[f"{a}-{b}"] = (loss, jnp.any(valid))

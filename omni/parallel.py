@@ -5,7 +5,9 @@ AXIS_RULES maps each to mesh axes of the `data x fsdp x tensor` mesh:
   * batch  -> (data, fsdp): every data-parallel replica and every FSDP shard gets its own examples;
   * embed  -> fsdp: parameters (and so optimizer state) are sharded over fsdp (ZeRO-3 style);
   * mlp, heads, vocab -> tensor: Megatron-style tensor parallelism.
-A dimension that does not divide by its mesh axes is replicated instead of failing.
+A mesh axis shards at most one dimension of an array: later names only take what earlier ones
+left, so a bias named (mlp,) is sharded over tensor AND fsdp while a (embed, mlp) matrix splits
+embed over fsdp and mlp over tensor. A dimension that does not divide is replicated instead.
 """
 from __future__ import annotations
 
@@ -21,11 +23,11 @@ MESH_AXES = ("data", "fsdp", "tensor")
 AXIS_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed", ("fsdp",)),
-    ("mlp", ("tensor",)),
+    ("mlp", ("tensor", "fsdp")),   # fsdp only where embed did not take it (e.g. MLP biases)
     ("heads", ("tensor",)),
-    ("vocab", ("tensor",)),
-    ("proj", None),
-    ("patch", None),
+    ("vocab", ("tensor", "fsdp")),
+    ("proj", ("fsdp",)),
+    ("patch", ("fsdp",)),
     ("head_dim", None),
     ("length", None),
     ("layers", None),
@@ -40,15 +42,19 @@ def maybe_initialize_distributed() -> None:
     if jax.distributed.is_initialized():
         return
     coordinator = os.environ.get("OMNI_COORDINATOR")
+    # A process that dies or hangs stops sending heartbeats; after this many seconds the others
+    # are told and exit with an error instead of waiting forever in a collective.
+    heartbeat = int(os.environ.get("OMNI_HEARTBEAT_TIMEOUT_S", "20"))
     if coordinator:
         jax.distributed.initialize(
             coordinator_address=coordinator,
             num_processes=int(os.environ["OMNI_NUM_PROCESSES"]),
             process_id=int(os.environ["OMNI_PROCESS_ID"]),
+            heartbeat_timeout_seconds=heartbeat,
         )
     elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JOBSET_NAME")) \
             and os.environ.get("OMNI_NO_DISTRIBUTED") != "1":
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
 
 
 def make_mesh(shape: tuple[int, int, int]) -> Mesh:

@@ -114,9 +114,20 @@ class Setup:
                        out_shardings=(self.state_shardings, None), donate_argnums=0)
 
     def embed_fn(self, name: str):
-        """Jitted params, batch -> normalised embeddings of one modality (unimodal pass)."""
+        """params, numpy batch -> numpy normalised embeddings of one modality (unimodal pass).
+        The batch is replicated on every device (each process passes the same full batch), so
+        evaluation also works when the params live on devices of several processes."""
         graphdef = self.graphdef
-        return jax.jit(lambda params, batch: nnx.merge(graphdef, params).embed(name, batch))
+        replicated = NamedSharding(self.mesh, P())
+        embed = jax.jit(lambda params, batch: nnx.merge(graphdef, params).embed(name, batch),
+                        out_shardings=replicated)
+
+        def run(params, batch):
+            batch = {k: jax.make_array_from_process_local_data(replicated, v) for k, v in batch.items()}
+            with jax.set_mesh(self.mesh):
+                return np.asarray(embed(params, batch))
+
+        return run
 
 
 def build_setup(config, mesh) -> Setup:
@@ -222,6 +233,9 @@ def tokens_per_step(config) -> int:
 # ==============================================================================================
 
 def load_or_train_tokenizer(config, workdir: Path, checkpoints: Checkpoints | None, source) -> BPETokenizer:
+    """The run's tokenizer: from the newest checkpoint, else workdir/tokenizer.json, else the
+    bundle named by init_from, else trained on the training corpus by process 0 and broadcast,
+    so every process of a multi-host run holds exactly the same vocabulary."""
     if checkpoints is not None and checkpoints.latest_step() is not None:
         assets = checkpoints.restore_assets(checkpoints.latest_step())
         return BPETokenizer.from_json(assets["tokenizer"])
@@ -230,13 +244,27 @@ def load_or_train_tokenizer(config, workdir: Path, checkpoints: Checkpoints | No
         return BPETokenizer.load(path)
     if config.init_from:
         return BPETokenizer.load(Path(config.init_from) / "tokenizer.json")
-    log("training the BPE tokenizer on the training corpus")
-    tokenizer = BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)
+    text = ""
     if jax.process_index() == 0:
+        log("training the BPE tokenizer on the training corpus")
+        tokenizer = BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)
+        text = tokenizer.to_json()
         tmp = path.with_suffix(".tmp")
-        tokenizer.save(tmp)
+        tmp.write_text(text)
         os.replace(tmp, path)
-    return tokenizer
+    if jax.process_count() > 1:
+        text = broadcast_text(text)
+    return BPETokenizer.from_json(text)
+
+
+def broadcast_text(text: str) -> str:
+    """Process 0's string, on every process."""
+    from jax.experimental import multihost_utils
+    data = np.frombuffer(text.encode(), np.uint8)
+    length = int(multihost_utils.broadcast_one_to_all(np.int64(len(data))))
+    padded = np.zeros(length, np.uint8)
+    padded[: len(data)] = data[:length]
+    return bytes(multihost_utils.broadcast_one_to_all(padded)).decode()
 
 
 # ==============================================================================================

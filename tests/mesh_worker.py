@@ -1,0 +1,47 @@
+"""Runs a few train steps of the small test model on the mesh given by --config.mesh.* overrides,
+in its own process (so that XLA_FLAGS can set the number of CPU devices), and prints JSON:
+the losses, and the per-device bytes of params + optimizer state in the compiled step."""
+import json
+import sys
+
+import jax
+
+from omni import config as config_lib, parallel
+from omni.data import pipeline
+from omni.data.records import open_split
+from omni.modalities.text import BPETokenizer
+from omni.train import build_setup
+from tests.conftest import SMALL
+
+
+def main(steps: int, overrides: list[str]) -> None:
+    config = config_lib.load_config(None, SMALL + overrides)
+    config_lib.validate(config, jax.device_count())
+    mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
+    source = open_split(pipeline.resolve_data_dir(config), "train")
+    assets = {"tokenizer": BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)}
+    setup = build_setup(config, mesh)
+    state = setup.init_state()
+    step_fn = setup.compile_train_step()
+    shardings = setup.batch_shardings()
+    batches = pipeline.training_batches(source, config, assets)
+    losses = []
+    with jax.set_mesh(mesh):
+        for i in range(steps):
+            local, _ = next(batches)
+            batch = {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+            if i == 0:
+                compiled = step_fn.lower(state, batch).compile()
+                state_bytes = sum(
+                    leaf.addressable_shards[0].data.nbytes
+                    for leaf in jax.tree.leaves((state["params"], state["opt_state"])))
+                memory = compiled.memory_analysis()
+                argument_bytes = getattr(memory, "argument_size_in_bytes", None)
+            state, metrics = step_fn(state, batch)
+            losses.append(float(metrics["loss"]))
+    print(json.dumps({"losses": losses, "state_bytes_per_device": state_bytes,
+                      "compiled_argument_bytes": argument_bytes, "devices": jax.device_count()}))
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), sys.argv[2:])

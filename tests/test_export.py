@@ -1,0 +1,247 @@
+"""Export: a tiny run trained here -> a bundle -> `omni embed` in a fresh process gives the
+in-framework embeddings; a tampered bundle is refused; fine-tuning starts from the bundle's weights."""
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO, small_config
+
+COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
+TEXTS = ["a red square", "a blue bar on black", "", "a yellow thing with ünïcode ✓",
+         "a very long caption that is certainly longer than the twelve tokens the small config keeps"]
+
+
+def write_images(folder: Path, count: int) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        pixels = np.zeros((24, 20 + (i % 3) * 4, 3), np.uint8)
+        r, c = rng.integers(0, 8, 2)
+        pixels[r:r + 10, c:c + 10] = list(COLORS.values())[i % 4]
+        path = folder / f"{i}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_peak_flops_benchmark():
+    """train() times a 2048^3 matmul for its MFU figure: seconds on 2 cores that these tests skip."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("omni.train.measure_peak_flops", lambda *args, **kwargs: 1e12)
+        yield
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A 10-step run on 24 image-caption pairs, exported."""
+    from omni.data.manifest import build
+    from omni.export import cli_export
+    from omni.train import train
+
+    root = tmp_path_factory.mktemp("export")
+    images = write_images(root / "files" / "img", 24)
+    lines = [json.dumps({"id": f"x{i}", "text": f"a {list(COLORS)[i % 4]} square", "image": f"img/{p.name}"})
+             for i, p in enumerate(images)]
+    (root / "files" / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    data = root / "data"
+    build(root / "files" / "manifest.jsonl", data)
+    config = small_config(f"--config.data.path={data}", "--config.train.steps=10", "--config.train.log_every=5",
+                          "--config.train.eval_every=0", "--config.train.checkpoint_every=10",
+                          "--config.train.warmup_steps=2")
+    workdir = root / "run"
+    train(config, workdir)
+    summary = cli_export(workdir, root / "bundle")
+    return root / "bundle", workdir, data, images, summary
+
+
+def test_bundle_layout(bundle):
+    import jax
+
+    path, _, _, _, summary = bundle
+    names = sorted(p.name for p in path.iterdir())
+    assert names == sorted(["weights.safetensors", "config.json", "tokenizer.json", "preprocessing.json",
+                            "bundle.json", "encoder_text.stablehlo", "encoder_image.stablehlo", "manifest.json"])
+    assert summary["step"] == 10 and summary["platforms"] == ["cpu", "cuda"]
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert sorted(manifest["files"]) == sorted(n for n in names if n != "manifest.json")
+    for name in names:
+        assert not (path / name).read_bytes().startswith(b"\x80"), f"{name} looks like a pickle"
+    pre = json.loads((path / "preprocessing.json").read_text())
+    assert pre["text"]["max_len"] == 12 and pre["text"]["pad_id"] == 0
+    assert pre["image"]["size"] == 16 and pre["image"]["patch"] == 8
+    assert pre["image"]["pixel_mean"] == 0.5 and pre["image"]["pixel_std"] == 0.25
+    exported = jax.export.deserialize(bytearray((path / "encoder_image.stablehlo").read_bytes()))
+    assert exported.platforms == ("cpu", "cuda")
+    assert str(exported.in_avals[-1].shape[0]) == "b" and exported.in_avals[-1].shape[1:] == (16, 16, 3)
+
+
+EMBED_IN_FRESH_PROCESS = textwrap.dedent("""
+    import json, sys
+    from omni.export import cli_embed
+    bundle, out_text, out_image = sys.argv[1:4]
+    texts, images = json.loads(sys.argv[4]), sys.argv[5:]
+    results = [cli_embed(bundle, "text", texts=texts, out=out_text),
+               cli_embed(bundle, "image", files=images, out=out_image)]
+    loaded = [m for m in ("omni.train", "omni.model", "omni.objectives", "omni.evaluate") if m in sys.modules]
+    print(json.dumps({"results": results, "training_modules_loaded": loaded}))
+""")
+
+
+def test_embed_in_fresh_process_equals_framework(bundle, tmp_path):
+    import jax
+
+    from omni.data.pipeline import ExampleEncoder, stack
+    from omni.evaluate import load_run
+
+    path, workdir, _, images, _ = bundle
+    images = images[:3] + [images[5]]  # 4 images, and 5 texts: the last chunk is padded to 8
+    run = subprocess.run([sys.executable, "-c", EMBED_IN_FRESH_PROCESS, str(path), str(tmp_path / "text.npy"),
+                          str(tmp_path / "image.npy"), json.dumps(TEXTS), *map(str, images)],
+                         capture_output=True, text=True, timeout=240, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-3000:]
+    report = json.loads(run.stdout)
+    assert report["training_modules_loaded"] == []
+    assert [r["shape"] for r in report["results"]] == [[5, 32], [4, 32]]
+    got = {"text": np.load(tmp_path / "text.npy"), "image": np.load(tmp_path / "image.npy")}
+
+    config, setup, params, assets, _ = load_run(workdir)
+    encode = ExampleEncoder(config, assets, train=False)
+    records = {"text": [{"text": t} for t in TEXTS], "image": [{"image": p.read_bytes()} for p in images]}
+    for modality, rows in records.items():
+        batch = stack([encode(r, i)[0] for i, r in enumerate(rows)])
+        assert batch[f"{modality}/present"].all() or modality == "text"  # "" is an absent text
+        expected = np.asarray(jax.device_get(setup.embed_fn(modality)(params, batch)))
+        assert got[modality].dtype == np.float32 and got[modality].shape == expected.shape
+        assert np.max(np.abs(got[modality] - expected)) <= 1e-5, modality
+        np.testing.assert_allclose(np.linalg.norm(got[modality], axis=1), 1.0, atol=1e-5)
+
+
+def test_chunked_and_padded_batches_agree(bundle):
+    from omni.export import embed_files, load_bundle
+
+    path, _, _, images, _ = bundle
+    opened = load_bundle(path)
+    whole = embed_files(opened, "image", images[:7])
+    chunked = embed_files(opened, "image", images[:7], batch_size=3)
+    assert whole.shape == (7, 32)
+    assert np.max(np.abs(whole - chunked)) <= 1e-5
+    assert embed_files(opened, "text", []).shape == (0, 32)
+    with pytest.raises(ValueError, match="not in this bundle"):
+        embed_files(opened, "audio", ["x.wav"])
+
+
+def test_cli_embed_arguments(bundle, tmp_path):
+    from omni.export import cli_embed
+
+    path, _, _, images, _ = bundle
+    with pytest.raises(ValueError, match="not both and not neither"):
+        cli_embed(path, "text", out=tmp_path / "z.npy")
+    with pytest.raises(ValueError, match="--text only applies"):
+        cli_embed(path, "image", texts=["hi"], out=tmp_path / "z.npy")
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        cli_embed(path, "image", files=[tmp_path / "nope.png"], out=tmp_path / "z.npy")
+    (tmp_path / "caption.txt").write_text("a red square\n")
+    result = cli_embed(path, "text", files=[tmp_path / "caption.txt"], out=tmp_path / "z")
+    assert result["out"] == str(tmp_path / "z.npy") and result["shape"] == [1, 32]
+    cli_embed(path, "text", texts=["a red square"], out=tmp_path / "w.npy")
+    assert np.array_equal(np.load(tmp_path / "z.npy"), np.load(tmp_path / "w.npy"))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="bad.png: cannot decode image"):
+        cli_embed(path, "image", files=[images[0], bad], out=tmp_path / "y.npy")
+
+
+@pytest.mark.parametrize("target", ["encoder_image.stablehlo", "weights.safetensors", "tokenizer.json"])
+def test_tampered_bundle_is_refused(bundle, tmp_path, target):
+    from omni.export import embed_files, load_bundle, load_bundle_params
+
+    path = bundle[0]
+    copy = tmp_path / "bundle"
+    shutil.copytree(path, copy)
+    data = bytearray((copy / target).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / target).write_bytes(bytes(data))
+    for attempt in (lambda: load_bundle(copy), lambda: embed_files(copy, "text", ["hi"]),
+                    lambda: load_bundle_params(copy, {})):
+        with pytest.raises(ValueError, match=f"{target} does not match manifest.json"):
+            attempt()
+
+
+def test_missing_or_extra_files_are_refused(bundle, tmp_path):
+    from omni.export import load_bundle
+
+    path = bundle[0]
+    extra = tmp_path / "extra"
+    shutil.copytree(path, extra)
+    (extra / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match="notes.txt is not listed in manifest.json"):
+        load_bundle(extra)
+    missing = tmp_path / "missing"
+    shutil.copytree(path, missing)
+    (missing / "encoder_text.stablehlo").unlink()
+    with pytest.raises(ValueError, match="encoder_text.stablehlo is listed in manifest.json but missing"):
+        load_bundle(missing)
+
+
+def test_bundle_params_check_shapes(bundle):
+    from safetensors.numpy import load_file
+
+    from omni.export import load_bundle_params
+
+    path = bundle[0]
+    weights = load_file(str(path / "weights.safetensors"))
+    like = _nest(weights)
+    loaded = load_bundle_params(path, like)
+    assert np.array_equal(loaded["stems"]["text"]["tokens"], weights["stems/text/tokens"])
+    like["stems"]["text"]["positions"] = np.zeros((99, 32), np.float32)
+    with pytest.raises(ValueError, match="'stems/text/positions' has shape"):
+        load_bundle_params(path, like)
+    del like["stems"]["text"]["positions"]
+    with pytest.raises(ValueError, match="'stems/text/positions' is in weights.safetensors but not in the model"):
+        load_bundle_params(path, like)
+
+
+def _nest(flat):
+    out = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def test_finetuning_starts_from_the_bundle_weights(bundle, tmp_path):
+    """lr=0 for one step keeps the initial params, so the step-1 checkpoint holds exactly the params
+    that training started from. A different seed makes sure they did not come from a fresh init."""
+    import jax
+    from safetensors.numpy import load_file
+
+    from omni.evaluate import load_run
+    from omni.export import flatten_params
+    from omni.train import train
+
+    path, _, data, _, _ = bundle
+    config = small_config(f"--config.data.path={data}", f"--config.init_from={path}", "--config.train.steps=1",
+                          "--config.train.lr=0.0", "--config.train.seed=7", "--config.train.eval_every=0",
+                          "--config.train.log_every=1", "--config.train.checkpoint_every=1")
+    workdir = tmp_path / "finetune"
+    train(config, workdir)
+    _, _, params, assets, step = load_run(workdir)
+    assert step == 1
+    got = flatten_params(jax.device_get(params))
+    expected = load_file(str(path / "weights.safetensors"))
+    assert sorted(got) == sorted(expected)
+    for key in expected:
+        assert np.array_equal(got[key], expected[key]), key
+    assert assets["tokenizer"].to_json() == (path / "tokenizer.json").read_text(encoding="utf-8")

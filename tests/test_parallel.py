@@ -1,0 +1,131 @@
+"""Sharding on simulated CPU devices and multi-process runs (each in its own process, so that
+XLA_FLAGS can set the device count)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, SMALL, omni_command
+
+EIGHT = "--xla_force_host_platform_device_count=8"
+
+
+def run_worker(module, *args, devices=8):
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
+                         timeout=600, env=env, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def mesh_args(data, fsdp, tensor):
+    return [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}"]
+
+
+@pytest.fixture(scope="module")
+def mesh_runs():
+    runs = {"1x1x1": run_worker("tests.mesh_worker", "3", *mesh_args(1, 1, 1), devices=1)}
+    for shape in ("8x1x1", "1x8x1", "2x2x2", "4x2x1"):
+        runs[shape] = run_worker("tests.mesh_worker", "3", *mesh_args(*shape.split("x")))
+    return runs
+
+
+def test_same_losses_on_every_mesh(mesh_runs):
+    reference = mesh_runs["1x1x1"]["losses"]
+    assert len(reference) == 3
+    for shape, run in mesh_runs.items():
+        for got, want in zip(run["losses"], reference):
+            assert abs(got - want) <= 1e-5 * abs(want), (shape, run["losses"], reference)
+
+
+def test_state_bytes_per_device_fall_as_one_over_fsdp(mesh_runs):
+    replicated = mesh_runs["8x1x1"]["compiled_argument_bytes"]
+    for shape, fsdp in (("4x2x1", 2), ("1x8x1", 8)):
+        ratio = mesh_runs[shape]["compiled_argument_bytes"] / replicated
+        assert abs(ratio * fsdp - 1) <= 0.10, (shape, ratio)
+
+
+def test_chunked_siglip_equals_gathered_and_never_all_gathers():
+    result = run_worker("tests.siglip_worker")
+    assert abs(result["loss"] - result["reference"]) <= 1e-5 * abs(result["reference"])
+    assert result["grad_max_abs_diff"] <= 1e-5
+    assert result["collective_permutes"] > 0 and result["all_gathers"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Several processes
+# ------------------------------------------------------------------------------------------------
+
+RUN = SMALL + ["--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=0",
+               "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=5"]
+
+
+def losses(workdir: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+def assert_close(got: dict, want: dict, steps):
+    for step in steps:
+        assert abs(got[step] - want[step]) <= 1e-5 * abs(want[step]), (step, got, want)
+
+
+def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
+    two = tmp_path / "two_processes"
+    out = subprocess.run([str(REPO / "launch" / "local.sh"), "2", "--devices", "8", "--",
+                          *omni_command("train", "--workdir", str(two), *RUN, *mesh_args(2, 2, 2))],
+                         capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    one = tmp_path / "one_process"
+    out = subprocess.run(omni_command("train", "--workdir", str(one), *RUN, *mesh_args(2, 2, 2)),
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env=dict(os.environ, XLA_FLAGS=EIGHT))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert_close(losses(two), losses(one), range(1, 5))
+
+    # The 2-process checkpoint of step 2 continues on ONE process with a 1x4x1 mesh.
+    moved = tmp_path / "moved"
+    shutil.copytree(two, moved)
+    shutil.rmtree(moved / "checkpoints" / "4")
+    (moved / "metrics.jsonl").unlink()
+    out = subprocess.run(omni_command("train", "--workdir", str(moved), *RUN, *mesh_args(1, 4, 1)),
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from step 2" in out.stderr
+    assert sorted(losses(moved)) == [3, 4]
+    assert_close(losses(moved), losses(two), (3, 4))
+
+
+def test_killing_one_process_stops_the_other(tmp_path):
+    port = 29000 + os.getpid() % 1000
+    common = dict(OMNI_COORDINATOR=f"127.0.0.1:{port}", OMNI_NUM_PROCESSES="2", OMNI_HEARTBEAT_TIMEOUT_S="15",
+                  XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    args = omni_command("train", "--workdir", str(tmp_path / "run"), *SMALL, "--config.train.steps=100000",
+                        "--config.train.log_every=1", "--config.train.eval_every=0")
+    logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
+    processes = [subprocess.Popen(args, env=dict(os.environ, **common, OMNI_PROCESS_ID=str(i)), cwd=REPO,
+                                  stdout=logs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "run" / "metrics.jsonl").exists() or \
+                len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) < 3:
+            assert time.time() < deadline and all(p.poll() is None for p in processes), \
+                (tmp_path / "process0.log").read_text()[-3000:]
+            time.sleep(0.2)
+        processes[1].send_signal(signal.SIGKILL)
+        killed_at = time.time()
+        returncode = processes[0].wait(timeout=90)
+        elapsed = time.time() - killed_at
+    finally:
+        for p in processes:
+            p.kill()
+    assert returncode != 0
+    assert elapsed <= 60, elapsed
+    assert "heartbeat" in (tmp_path / "process0.log").read_text()
