@@ -44,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--modality", required=True)
             sub.add_argument("--template", default="a photo of a {}")
+    export = commands.add_parser("export", help="write a portable bundle from a run's newest checkpoint")
+    export.add_argument("--workdir", required=True)
+    export.add_argument("--out", required=True)
+
+    embed = commands.add_parser("embed", help="embed inputs with a bundle's exported programs")
+    embed.add_argument("bundle")
+    embed.add_argument("files", nargs="*", help="input files (for text: one text per file)")
+    embed.add_argument("--modality", required=True)
+    embed.add_argument("--text", action="append", default=None, help="a text to embed (repeatable)")
+    embed.add_argument("--out", required=True, help="OUT.npy")
     return parser
 
 
@@ -61,6 +71,14 @@ def main(argv: list[str] | None = None) -> int:
             return _data_build(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "export":
+            from omni.export import cli_export
+            print(json.dumps(cli_export(args.workdir, args.out)))
+            return 0
+        if args.command == "embed":
+            from omni.export import cli_embed
+            print(json.dumps(cli_embed(args.bundle, args.modality, args.files, args.text, args.out)))
+            return 0
     except ConfigError as e:
         print(f"omni: config error: {e}", file=sys.stderr)
         return 2

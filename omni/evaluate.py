@@ -113,7 +113,7 @@ def retrieval_during_training(setup, params, source, config, assets) -> dict:
 
 
 def load_run(workdir: str | Path):
-    """A finished (or running) workdir -> (config, setup, params, assets) from its newest checkpoint."""
+    """A finished (or running) workdir -> (config, setup, params, assets, step) of its newest checkpoint."""
     import jax.numpy as jnp  # noqa: F401
 
     from omni import config as config_lib, parallel

@@ -20,7 +20,8 @@ def run_worker(module, *args, devices=8):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
     out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
                          timeout=600, env=env, cwd=REPO)
-    assert out.returncode == 0, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if line[:1] in "FE" and "Involuntary" not in line]
+    assert out.returncode == 0, "\n".join(errors[-20:]) or out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
