@@ -173,6 +173,23 @@ _LAW_BOUNDS = [(None, None), (None, None), (None, None), (0.0, 10.0), (0.0, 10.0
 _LBFGS_OPTIONS = {"maxiter": 2000, "ftol": 1e-13, "gtol": 1e-9, "maxcor": 20}
 
 
+def _single_threaded_blas(fn):
+    """L-BFGS-B's tiny matrix products are several times slower with a BLAS thread pool than on
+    one thread (the pool's start-up dominates), so fits run with BLAS limited to one thread."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:
+            return fn(*args, **kwargs)
+        import scipy.optimize  # noqa: F401 -- load its BLAS before limiting the pools
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
 def _minimise(objective, starts, args, bounds):
     from scipy.optimize import minimize
     best = None
@@ -237,6 +254,7 @@ def _derived(x) -> dict:
     return out
 
 
+@_single_threaded_blas
 def fit_law(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None, top_k: int | None = 64,
             bootstrap: int = 0, level: float = 0.95, seed: int = 0, bootstrap_starts: int = 4) -> Fit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta, Chinchilla approach 3 (module docstring).
@@ -329,8 +347,8 @@ def _interaction_unpack(x, shared):
 
 def _interaction_objective(x, log_n, log_dsum, base, log_l, delta, shared):
     c, b, g, alpha, alpha_d = _interaction_unpack(x, shared)
-    t1 = np.exp(b - alpha * log_n)
-    t2 = np.exp(g - alpha_d * log_dsum)
+    t1 = np.exp(np.minimum(b - alpha * log_n, 500.0))
+    t2 = np.exp(np.minimum(g - alpha_d * log_dsum, 500.0))
     pred = base - c + t1 + t2
     floor = 1e-9
     safe = np.maximum(pred, floor)
@@ -346,6 +364,7 @@ def _interaction_objective(x, log_n, log_dsum, base, log_l, delta, shared):
     return value, np.array(grad)
 
 
+@_single_threaded_blas
 def fit_interaction(N, D_i, D_j, L_mixed, law_i: Law, law_j: Law, delta: float = HUBER_DELTA,
                     shared_exponent: bool = True, bootstrap: int = 0, level: float = 0.95,
                     seed: int = 0) -> dict:
@@ -606,7 +625,8 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
-def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, shared_dir: Path) -> dict:
+def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, shared_dir: Path,
+            point: dict | None = None) -> dict:
     """Train one grid point (resuming if interrupted) and write run_dir/result.json."""
     import jax
     from omni.modalities import registry
@@ -621,6 +641,12 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
         if shared_tokenizer.exists() and not (run_dir / "tokenizer.json").exists() \
                 and not (run_dir / "checkpoints").exists():
             shutil.copyfile(shared_tokenizer, run_dir / "tokenizer.json")
+
+    if "text" not in config.modalities and not (run_dir / "tokenizer.json").exists():
+        # omni.train always loads or trains a tokenizer, and training one needs modalities.text:
+        # a run without text gets a placeholder (byte-level symbols only), never used.
+        from omni.modalities.text import SPECIAL_TOKENS, BPETokenizer
+        BPETokenizer.train(["placeholder"], len(SPECIAL_TOKENS) + 257).save(run_dir / "tokenizer.json")
 
     started = time.perf_counter()
     _, setup = _mesh_and_setup(config)
@@ -643,22 +669,32 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
     tokens_per_modality = {m: batch * int(registry.get(m).num_tokens(config)) * steps for m in config.modalities}
     D = sum(tokens_per_modality.values())
     flops_per_step = model_flops_per_step(config)
-    train_row = {k: float(v) for k, v in last.items() if k == "loss" or k.startswith("loss/")}
+    # An objective that had nothing to score reports exactly 0 (e.g. mmm in a one-modality run).
+    train_row = {k: float(v) for k, v in last.items()
+                 if k == "loss" or (k.startswith("loss/") and float(v) != 0.0)}
 
     eval_batches = int(sweep.get("eval_batches", 0) or 0)
     held_out = None
     if eval_batches > 0 and jax.process_count() == 1:
         held_out = heldout_losses(run_dir, str(config.eval.split), eval_batches, config)
+    from_train_row = []
     if held_out is not None:
         losses = {k: v for k, v in held_out.items() if k == "loss" or k.startswith("loss/")}
         source = f"held-out split '{config.eval.split}', {eval_batches} batches of {batch}"
+        # An objective that had nothing to score in any held-out batch (e.g. mlm when the split
+        # holds only pairs and no batch dropped a modality) keeps its final training value.
+        from_train_row = sorted(k for k in train_row if k not in losses)
+        losses.update({k: train_row[k] for k in from_train_row})
+        if from_train_row:
+            losses["loss"] = sum(float(config.loss[name].weight) * losses[f"loss/{name}"] for name in config.loss
+                                 if float(config.loss[name].weight) > 0 and f"loss/{name}" in losses)
     else:
         losses = train_row
         source = "final training row of metrics.jsonl (no held-out loss)"
     per_modality = {m: losses.get(f"loss/{registry.get(m).objective}") for m in config.modalities}
 
     result = {
-        "name": name, "overrides": list(overrides), "modalities": sorted(config.modalities.keys()),
+        "name": name, "point": dict(point or {}), "overrides": list(overrides), "modalities": sorted(config.modalities.keys()),
         "width": int(config.model.width), "depth": int(config.model.depth),
         "N": n_non_embedding, "N_total": n_total,
         "steps": steps, "batch_size": batch, "D": D, "D_per_modality": tokens_per_modality,
@@ -666,7 +702,7 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
         "C_analytic": flops_per_step * steps, "analytic_flops_per_step": flops_per_step,
         **{k: v for k, v in xla.items()},
         "loss": losses.get("loss"), "losses": losses, "loss_per_modality": per_modality,
-        "loss_source": source, "final_train_losses": train_row,
+        "loss_source": source, "losses_from_train_row": from_train_row, "final_train_losses": train_row,
         "wall_s": time.perf_counter() - started, "train_s": train_s,
     }
     if xla.get("xla_flops_per_step") is not None:
@@ -738,9 +774,7 @@ def run_sweep(sweep_config_path, out_dir) -> dict:
                 log(f"[sweep] {i + 1}/{len(points)} {point['name']}: finished before, skipped")
                 continue
             log(f"[sweep] {i + 1}/{len(points)} {point['name']}: {' '.join(point['overrides'])}")
-            result = run_one(point["name"], point["overrides"], base, run_dir, sweep, out)
-            result["point"] = point["point"]
-            _write_json(result_file, result)
+            run_one(point["name"], point["overrides"], base, run_dir, sweep, out, point["point"])
             trained.append(point["name"])
             write_runs_csv(load_results(out), out / "runs.csv")
     results = load_results(out)
@@ -976,9 +1010,10 @@ def cli_sweep(config_path, out) -> dict:
     return run_sweep(config_path, out)
 
 
-def cli_fit(directory) -> dict:
-    """`omni scaling fit DIR`: fit, write fit.json / runs.csv / PNGs; returns a short summary."""
-    data = fit_dir(directory)
+def cli_fit(directory, **fit_kwargs) -> dict:
+    """`omni scaling fit DIR`: fit, write fit.json / runs.csv / PNGs; returns a short summary.
+    fit_kwargs go to fit_dir (bootstrap, level, min_runs, plots)."""
+    data = fit_dir(directory, **fit_kwargs)
     summary = {"dir": str(directory), "fit": str(Path(directory) / "fit.json"), "plots": data.get("plots", []),
                "main": data.get("main"), "laws": {}}
     if data.get("main"):

@@ -1,6 +1,8 @@
-"""Runs a few train steps of the small test model on the mesh given by --config.mesh.* overrides,
-in its own process (so that XLA_FLAGS can set the number of CPU devices), and prints JSON:
-the losses, and the per-device bytes of params + optimizer state in the compiled step."""
+"""Runs a few train steps of the small test model on each mesh given as DATAxFSDPxTENSOR, in its
+own process (so that XLA_FLAGS can set the number of CPU devices), and prints one JSON object:
+per mesh, the losses and the per-device bytes of params + optimizer state of the compiled step.
+
+    python -m tests.mesh_worker STEPS 8x1x1 1x8x1 ..."""
 import json
 import sys
 
@@ -14,7 +16,9 @@ from omni.train import build_setup
 from tests.conftest import SMALL
 
 
-def main(steps: int, overrides: list[str]) -> None:
+def run(steps: int, shape: str) -> dict:
+    data, fsdp, tensor = shape.split("x")
+    overrides = [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}"]
     config = config_lib.load_config(None, SMALL + overrides)
     config_lib.validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
@@ -39,9 +43,9 @@ def main(steps: int, overrides: list[str]) -> None:
                 argument_bytes = getattr(memory, "argument_size_in_bytes", None)
             state, metrics = step_fn(state, batch)
             losses.append(float(metrics["loss"]))
-    print(json.dumps({"losses": losses, "state_bytes_per_device": state_bytes,
-                      "compiled_argument_bytes": argument_bytes, "devices": jax.device_count()}))
+    return {"losses": losses, "state_bytes_per_device": state_bytes,
+            "compiled_argument_bytes": argument_bytes, "devices": jax.device_count()}
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), sys.argv[2:])
+    print(json.dumps({shape: run(int(sys.argv[1]), shape) for shape in sys.argv[2:]}))

@@ -1,0 +1,173 @@
+"""Scaling laws: the fit recovers a known law, the compute-optimal formula matches brute force,
+the interaction fit recovers a known interaction, fit_dir writes its outputs, and a resumed sweep
+skips finished runs."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from omni import scaling
+from omni.scaling import Interaction, Law, fit_interaction, fit_law
+from tests.conftest import SMALL
+
+CHINCHILLA = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
+
+
+def grid_runs(n_sizes=8, n_budgets=8):
+    N, D = np.meshgrid(np.logspace(6, 9, n_sizes), np.logspace(8, 11, n_budgets))
+    return N.ravel(), D.ravel()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fit_recovers_known_law(seed):
+    N, D = grid_runs()
+    rng = np.random.default_rng(seed)
+    L = CHINCHILLA(N, D) * np.exp(rng.normal(0.0, 1e-3, N.shape))  # 0.1% noise
+    fit = fit_law(N, D, L, bootstrap=30, seed=seed)
+    for name in ("E", "A", "B", "alpha", "beta"):
+        true, got = getattr(CHINCHILLA, name), getattr(fit.law, name)
+        assert abs(got / true - 1) < 0.05, (name, got, true)
+        low, high = fit.intervals[name]
+        assert low <= got * (1 + 1e-9) and got <= high * (1 + 1e-9), (name, low, got, high)
+    assert fit.bootstrap["n"] == 30
+
+
+def test_compute_optimal_matches_brute_force():
+    law = CHINCHILLA
+    for C in (1e18, 1e21, 1e24):
+        n_opt, d_opt = law.compute_optimal(C)
+        assert 6 * n_opt * d_opt == pytest.approx(C, rel=1e-9)
+        grid = np.logspace(5, 14, 400_001)
+        losses = law(grid, C / (6 * grid))
+        brute = grid[np.argmin(losses)]
+        assert n_opt == pytest.approx(brute, rel=1e-3)
+        assert law.frontier(C) == pytest.approx(losses.min(), rel=1e-9)
+        # the closed form's pieces
+        G = (law.alpha * law.A / (law.beta * law.B)) ** (1 / (law.alpha + law.beta))
+        assert n_opt == pytest.approx(G * (C / 6) ** (law.beta / (law.alpha + law.beta)), rel=1e-12)
+
+
+def test_fit_interaction_recovers_known_term():
+    law_i, law_j = Law(1.5, 300.0, 400.0, 0.3, 0.3), Law(2.0, 200.0, 900.0, 0.25, 0.35)
+    true = Interaction(C=0.05, beta=30.0, alpha=0.35, gamma=50.0, alpha_d=0.35)
+    N, D = grid_runs(6, 6)
+    rng = np.random.default_rng(0)
+    L = true.mixed_loss(law_i, law_j, N, D / 2, D / 2) * np.exp(rng.normal(0.0, 1e-3, N.shape))
+    result = fit_interaction(N, D / 2, D / 2, L, law_i, law_j)
+    got = result["interaction"]
+    assert got.C == pytest.approx(true.C, rel=0.15)
+    assert got.alpha == pytest.approx(true.alpha, rel=0.15)
+    np.testing.assert_allclose(got.term(N, D), true.term(N, D), atol=0.01)
+    assert got.barrier(20.0) == pytest.approx(true.barrier(20.0), rel=0.25)
+    # compete at small scale, help each other beyond the barrier
+    assert got.term(1e6, 2e7) > 0 > got.term(1e12, 2e13)
+
+
+def _fake_result(name, modalities, N, D, losses, per_modality):
+    return {"name": name, "modalities": modalities, "N": N, "N_total": N * 1.1, "D": D,
+            "D_per_modality": {m: D / len(modalities) for m in modalities}, "steps": 1, "batch_size": 1,
+            "C_6ND": 6 * N * D, "C_analytic": 12 * N * D, "loss": losses["loss"], "losses": losses,
+            "loss_per_modality": per_modality, "loss_source": "synthetic"}
+
+
+def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
+    law_text, law_image = Law(1.5, 300.0, 400.0, 0.3, 0.3), Law(2.0, 200.0, 900.0, 0.25, 0.35)
+    mixed = Interaction(C=0.05, beta=30.0, alpha=0.35, gamma=50.0, alpha_d=0.35)
+    rng = np.random.default_rng(0)
+    noise = lambda: math.exp(rng.normal(0.0, 1e-3))  # noqa: E731
+    N, D = grid_runs(5, 4)
+    results = []
+    for k, (n, d) in enumerate(zip(N, D)):
+        text, image = law_text(n, d) * noise(), law_image(n, d) * noise()
+        results.append(_fake_result(f"text-{k:02d}", ["text"], n, d, {"loss": text, "loss/mlm": text}, {"text": text}))
+        results.append(_fake_result(f"image-{k:02d}", ["image"], n, d, {"loss": image, "loss/mim": image},
+                                    {"image": image}))
+        both = float(mixed.mixed_loss(law_image, law_text, n, d / 2, d / 2)) * noise()
+        # per-modality losses of the mixed run whose mean is the mixed loss
+        t, i = both + 0.1, both - 0.1
+        total = CHINCHILLA(n, d) * noise()
+        results.append(_fake_result(f"both-{k:02d}", ["image", "text"], n, d,
+                                    {"loss": total, "loss/mlm": t, "loss/mim": i}, {"text": t, "image": i}))
+    for r in results:
+        (tmp_path / "runs" / r["name"]).mkdir(parents=True)
+        (tmp_path / "runs" / r["name"] / "result.json").write_text(json.dumps(r))
+
+    summary = scaling.cli_fit(tmp_path, bootstrap=20)
+    data = json.loads((tmp_path / "fit.json").read_text())
+    assert data["main"] == "image+text"
+    assert set(data["groups"]) == {"image", "text", "image+text"}
+    loss = data["groups"]["image+text"]["fits"]["loss"]
+    for name in ("E", "A", "B", "alpha", "beta"):
+        assert loss[name] == pytest.approx(getattr(CHINCHILLA, name), rel=0.1), name
+        assert name in loss["intervals"]
+    assert {"loss", "loss/mlm", "loss/mim"} <= set(data["groups"]["image+text"]["fits"])
+    assert loss["holdout_largest"]["relative_error"] < 0.05
+    row = loss["compute_optimal"][0]
+    assert 6 * row["N_opt"] * row["D_opt"] == pytest.approx(row["C"], rel=1e-9)
+    interaction = data["interactions"]["image+text"]
+    assert interaction["C"] == pytest.approx(mixed.C, rel=0.3)
+    assert {p["verdict"] for p in interaction["per_run"]} <= {"compete", "help each other"}
+    for png in ("loss_vs_compute.png", "isoflop.png", "fitted_vs_observed.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    assert (tmp_path / "runs.csv").read_text().count("\n") == len(results) + 1
+    assert summary["laws"]["loss"]["alpha"] == loss["alpha"]
+    assert scaling.load_fit(tmp_path).alpha == loss["alpha"]
+
+
+def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
+    from omni.train import model_flops_per_step
+
+    common = SMALL + ["--config.train.steps=3", "--config.train.eval_every=0", "--config.train.log_every=1",
+                      "--config.train.checkpoint_every=100"]
+    # The two points differ only on the host side (data), so the second run reuses the compiled
+    # step from the sweep's compilation cache and the test stays fast.
+    sweep_file = tmp_path / "sweep.py"
+    sweep_file.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        "    c.base = 'tiny.py'\n"
+        "    c.runner = 'local'\n"
+        f"    c.overrides = {common!r}\n"
+        "    c.grid = ml_collections.ConfigDict()\n"
+        "    c.grid.mix = {'d1': ['--config.data.modality_dropout=0.1'], 'd5': ['--config.data.modality_dropout=0.5']}\n"
+        "    c.axes = ('mix',)\n"
+        "    c.eval_batches = 1\n"
+        "    c.cost_analysis = True\n"
+        "    return c\n")
+    out = tmp_path / "sweep"
+    first = scaling.cli_sweep(str(sweep_file), str(out))
+    assert first["trained"] == ["d1", "d5"] and first["skipped"] == []
+
+    files = {name: out / "runs" / name / "result.json" for name in ("d1", "d5")}
+    result = json.loads(files["d1"].read_text())
+    width, vocab, max_len, grid = 32, 400, 12, 16 // 8
+    assert result["N_total"] - result["N"] == width * (vocab + max_len + 2 * grid)
+    assert result["D"] == 3 * 8 * (max_len + grid * grid)
+    assert result["C_6ND"] == pytest.approx(6 * result["N"] * result["D"])
+    config = scaling.build_run_config("tiny.py", result["overrides"])
+    assert result["C_analytic"] == pytest.approx(model_flops_per_step(config) * 3)
+    assert result["C_xla"] > 0 and result["C_hlo_unrolled"] > 0
+    assert math.isfinite(result["loss"]) and result["loss_source"].startswith("held-out")
+    assert {"loss/mmm", "loss/contrastive"} <= set(result["losses"])
+    # mlm / mim score only examples with one modality: with 1 held-out batch of pairs they may
+    # have had nothing to score and then come from the final training row
+    assert set(result["losses_from_train_row"]) <= {"loss/mlm", "loss/mim"}
+    assert set(result["loss_per_modality"]) == {"text", "image"}
+    assert result["point"] == {"mix": "d1"}
+    assert (out / "runs.csv").read_text().count("\n") == 3
+
+    mtimes = {name: os.stat(f).st_mtime_ns for name, f in files.items()}
+    second = scaling.cli_sweep(str(sweep_file), str(out))
+    assert second["trained"] == [] and second["skipped"] == ["d1", "d5"]
+    assert {name: os.stat(f).st_mtime_ns for name, f in files.items()} == mtimes
+
+    # An interrupted sweep (d5 trained but never recorded) continues with d5 only: its training
+    # resumes from the final checkpoint, so only the record is made.
+    files["d5"].unlink()
+    third = scaling.cli_sweep(str(sweep_file), str(out))
+    assert third["trained"] == ["d5"] and third["skipped"] == ["d1"]
+    assert os.stat(files["d1"]).st_mtime_ns == mtimes["d1"]
+    assert json.loads(files["d5"].read_text())["N"] == result["N"]
