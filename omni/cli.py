@@ -44,6 +44,17 @@ def _parser() -> argparse.ArgumentParser:
         else:
             sub.add_argument("--modality", required=True)
             sub.add_argument("--template", default="a photo of a {}")
+    plan = commands.add_parser("plan", help="compile the train step for the configured mesh; print memory and FLOPs")
+    plan.add_argument("--config", default=None)
+    plan.add_argument("--devices", type=int, default=None,
+                      help="simulate this many CPU devices (to plan a mesh larger than this machine)")
+
+    bench = commands.add_parser("bench", help="time the train step; print step time, MFU, tokens/s")
+    bench.add_argument("--config", default=None)
+    bench.add_argument("--steps", type=int, default=5)
+    bench.add_argument("--pipeline-batches", type=int, default=0,
+                       help="also time this many batches of the input pipeline alone")
+
     export = commands.add_parser("export", help="write a portable bundle from a run's newest checkpoint")
     export.add_argument("--workdir", required=True)
     export.add_argument("--out", required=True)
@@ -65,8 +76,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train":
             return _train(args, overrides)
+        if args.command in ("plan", "bench"):
+            return _plan_or_bench(args, overrides)
         if overrides:
-            raise ConfigError(f"--config.* overrides only apply to `omni train` (got {overrides[0]})")
+            raise ConfigError(f"--config.* overrides only apply to train, plan and bench (got {overrides[0]})")
         if args.command == "data":
             return _data_build(args)
         if args.command == "eval":
@@ -102,6 +115,24 @@ def _train(args, overrides) -> int:
     if jax.process_index() == 0:
         summary = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("eval/")}
         print(json.dumps({"workdir": str(workdir), **summary}))
+    return 0
+
+
+def _plan_or_bench(args, overrides) -> int:
+    import os
+    if getattr(args, "devices", None):
+        # Must be set before jax starts its backend: simulate the devices the mesh asks for.
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.devices}")
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    from omni import bench
+    from omni.config import load_config
+    config = load_config(args.config, overrides)
+    if args.command == "plan":
+        result = bench.plan(config)
+    else:
+        result = bench.bench(config, steps=args.steps, pipeline_batches=args.pipeline_batches)
+    print(json.dumps(result))
     return 0
 
 

@@ -367,9 +367,10 @@ def _interaction_objective(x, log_n, log_dsum, base, log_l, delta, shared):
 @_single_threaded_blas
 def fit_interaction(N, D_i, D_j, L_mixed, law_i: Law, law_j: Law, delta: float = HUBER_DELTA,
                     shared_exponent: bool = True, bootstrap: int = 0, level: float = 0.95,
-                    seed: int = 0) -> dict:
+                    seed: int = 0, top_k: int = 24) -> dict:
     """Fit the Aghajanyan et al. interaction term to mixed runs (module docstring), unimodal laws
-    held fixed. Returns {"interaction": Interaction, "objective": .., "intervals": {..}, ..}."""
+    held fixed. L-BFGS-B runs from the top_k best points of a small grid of starts.
+    Returns {"interaction": Interaction, "objective": .., "intervals": {..}, ..}."""
     N, D_i, D_j, L_mixed = (np.asarray(v, float).ravel() for v in (N, D_i, D_j, L_mixed))
     log_n, log_dsum, log_l = np.log(N), np.log(D_i + D_j), np.log(L_mixed)
     base = 0.5 * (law_i(N, D_i) + law_j(N, D_j))
@@ -379,6 +380,9 @@ def fit_interaction(N, D_i, D_j, L_mixed, law_i: Law, law_j: Law, delta: float =
     if not shared_exponent:
         grid.append(np.array([0.1, 0.3, 0.6, 1.0]))
     starts = np.array(list(itertools.product(*grid)))
+    args = (log_n, log_dsum, base, log_l, delta, shared_exponent)
+    scores = np.array([_interaction_objective(x, *args)[0] for x in starts])
+    starts = starts[np.argsort(scores, kind="stable")[:top_k]]
     bounds = [(None, None), (None, None), (None, None), (1e-3, 5.0)] + ([] if shared_exponent else [(1e-3, 5.0)])
 
     def run(idx, starts):
@@ -625,6 +629,21 @@ def _write_json(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+def last_training_row(workdir) -> dict:
+    """The training row (one with `loss`) of the highest step in workdir/metrics.jsonl."""
+    path = Path(workdir) / "metrics.jsonl"
+    best: dict = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill
+            if "loss" in row and row.get("step", -1) >= best.get("step", -1):
+                best = row
+    return best
+
+
 def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, shared_dir: Path,
             point: dict | None = None) -> dict:
     """Train one grid point (resuming if interrupted) and write run_dir/result.json."""
@@ -669,8 +688,11 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
     tokens_per_modality = {m: batch * int(registry.get(m).num_tokens(config)) * steps for m in config.modalities}
     D = sum(tokens_per_modality.values())
     flops_per_step = model_flops_per_step(config)
-    # An objective that had nothing to score reports exactly 0 (e.g. mmm in a one-modality run).
-    train_row = {k: float(v) for k, v in last.items()
+    # The last training row of metrics.jsonl (train() returns nothing new when it resumes a run
+    # that had already finished training). An objective that had nothing to score reports
+    # exactly 0 (e.g. mmm in a one-modality run): left out.
+    row = last_training_row(run_dir) or last
+    train_row = {k: float(v) for k, v in row.items()
                  if k == "loss" or (k.startswith("loss/") and float(v) != 0.0)}
 
     eval_batches = int(sweep.get("eval_batches", 0) or 0)

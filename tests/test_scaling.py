@@ -170,4 +170,5 @@ def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
     third = scaling.cli_sweep(str(sweep_file), str(out))
     assert third["trained"] == ["d5"] and third["skipped"] == ["d1"]
     assert os.stat(files["d1"]).st_mtime_ns == mtimes["d1"]
-    assert json.loads(files["d5"].read_text())["N"] == result["N"]
+    resumed = json.loads(files["d5"].read_text())
+    assert resumed["N"] == result["N"] and resumed["final_train_losses"]["loss"] > 0
