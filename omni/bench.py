@@ -84,11 +84,30 @@ def _real_batch(config, setup):
     return {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}, source, assets
 
 
-def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0) -> dict:
+def _synthetic_batch(config, setup):
+    """Random token ids and pixels, every modality present: no dataset or tokenizer needed."""
+    rng = np.random.default_rng(0)
+    shardings = setup.batch_shardings()
+    batch = {}
+    for key, (shape, dtype) in batch_spec(config).items():
+        if dtype == np.bool_:
+            value = np.ones(shape, np.bool_)
+        elif key == "text/ids":
+            value = rng.integers(4, config.modalities.text.vocab_size, shape).astype(dtype)
+        else:
+            value = rng.integers(0, 256, shape).astype(dtype)
+        batch[key] = jax.make_array_from_process_local_data(shardings[key], value)
+    return batch
+
+
+def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, synthetic: bool = False) -> dict:
     """Time `steps` train steps after `warmup`; peak FLOP/s from a matmul in this same process."""
     mesh, setup = _setup(config)
     state = setup.init_state()
-    batch, source, assets = _real_batch(config, setup)
+    if synthetic:
+        batch = _synthetic_batch(config, setup)
+    else:
+        batch, source, assets = _real_batch(config, setup)
     with jax.set_mesh(mesh):
         started = time.perf_counter()
         step_fn = setup.compile_train_step()
@@ -115,7 +134,7 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0) ->
         "examples_per_s": config.train.batch_size / step_s,
         "loss": float(metrics["loss"]),
     }
-    if pipeline_batches:
+    if pipeline_batches and not synthetic:
         result.update(bench_pipeline(config, source, assets, pipeline_batches, step_s))
     return result
 

@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--steps", type=int, default=5)
     bench.add_argument("--pipeline-batches", type=int, default=0,
                        help="also time this many batches of the input pipeline alone")
+    bench.add_argument("--synthetic", action="store_true", help="random inputs instead of the configured data")
 
     export = commands.add_parser("export", help="write a portable bundle from a run's newest checkpoint")
     export.add_argument("--workdir", required=True)
@@ -131,7 +132,8 @@ def _plan_or_bench(args, overrides) -> int:
     if args.command == "plan":
         result = bench.plan(config)
     else:
-        result = bench.bench(config, steps=args.steps, pipeline_batches=args.pipeline_batches)
+        result = bench.bench(config, steps=args.steps, pipeline_batches=args.pipeline_batches,
+                             synthetic=args.synthetic)
     print(json.dumps(result))
     return 0
 

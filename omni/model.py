@@ -57,12 +57,15 @@ class Transformer(nnx.Module):
         self.dtype = jnp.dtype(m.dtype)
         self.remat = m.remat
         self.scan_layers = m.scan_layers
+        self.attention = m.attention
 
     def __call__(self, x, key_valid):
         """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
         layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
         bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
+        mask = key_valid[:, None, None, :]
         dtype = self.dtype
+        attention = self.attention
 
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
@@ -70,9 +73,14 @@ class Transformer(nnx.Module):
             q = matmul(y, p["wq"], dtype, "btd,dhk->bthk")
             k = matmul(y, p["wk"], dtype, "btd,dhk->bthk")
             v = matmul(y, p["wv"], dtype, "btd,dhk->bthk")
-            logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * q.shape[-1] ** -0.5 + bias
-            weights = jax.nn.softmax(logits, axis=-1)
-            attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
+            if attention == "fused":
+                # cuDNN flash attention on GPU where it applies, XLA's own elsewhere.
+                attended = jax.nn.dot_product_attention(
+                    q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask).astype(jnp.float32)
+            else:
+                logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * q.shape[-1] ** -0.5 + bias
+                weights = jax.nn.softmax(logits, axis=-1)
+                attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
             h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
             y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
             y = jax.nn.gelu(matmul(y, p["w_in"], dtype, "btd,df->btf") + p["b_in"])

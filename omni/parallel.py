@@ -37,8 +37,9 @@ _RULES = dict(AXIS_RULES)
 
 
 def maybe_initialize_distributed() -> None:
-    """Join a multi-process run when the environment describes one (explicit coordinator
-    variables set by launch/*, or SLURM / TPU VM / Kubernetes, which jax detects itself)."""
+    """Join a multi-process run when the environment describes one: explicit coordinator
+    variables (launch/local.sh, launch/jobset.yaml), or SLURM / TPU VM, which jax detects itself.
+    OMNI_NO_DISTRIBUTED=1 keeps a single process (e.g. a one-task SLURM job)."""
     if jax.distributed.is_initialized():
         return
     coordinator = os.environ.get("OMNI_COORDINATOR")
@@ -52,7 +53,7 @@ def maybe_initialize_distributed() -> None:
             process_id=int(os.environ["OMNI_PROCESS_ID"]),
             heartbeat_timeout_seconds=heartbeat,
         )
-    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES", "JOBSET_NAME")) \
+    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")) \
             and os.environ.get("OMNI_NO_DISTRIBUTED") != "1":
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
 

@@ -102,18 +102,25 @@ class Law:
         return self.E + self.A * N ** -self.alpha + self.B * D ** -self.beta
 
     @property
+    def degenerate(self) -> bool:
+        """A fit at an exponent's bound 0 (or a vanished term) has no finite compute optimum."""
+        return not (self.alpha > 0 and self.beta > 0 and self.A > 0 and self.B > 0)
+
+    @property
     def G(self) -> float:
+        if self.degenerate:
+            return math.nan
         return (self.alpha * self.A / (self.beta * self.B)) ** (1.0 / (self.alpha + self.beta))
 
     @property
     def n_exponent(self) -> float:
         """N_opt grows as C^(beta/(alpha+beta))."""
-        return self.beta / (self.alpha + self.beta)
+        return self.beta / (self.alpha + self.beta) if self.alpha + self.beta > 0 else math.nan
 
     @property
     def d_exponent(self) -> float:
         """D_opt grows as C^(alpha/(alpha+beta))."""
-        return self.alpha / (self.alpha + self.beta)
+        return self.alpha / (self.alpha + self.beta) if self.alpha + self.beta > 0 else math.nan
 
     def compute_optimal(self, C):
         """(N_opt, D_opt) minimising L(N, D) subject to 6 N D = C (closed form)."""
@@ -232,7 +239,8 @@ class Fit:
 
     def to_dict(self) -> dict:
         law = self.law
-        out = {**law.to_dict(), "a": math.log(law.A), "b": math.log(law.B), "e": math.log(law.E),
+        a, b, e = (math.log(v) if v > 0 else -math.inf for v in (law.A, law.B, law.E))
+        out = {**law.to_dict(), "a": a, "b": b, "e": e,
                "n_exponent": law.n_exponent, "d_exponent": law.d_exponent, "G": law.G,
                "huber_objective": self.objective, "runs": self.n}
         if self.intervals:
@@ -248,20 +256,20 @@ def _percentiles(level: float) -> tuple[float, float]:
 
 def _derived(x) -> dict:
     law = Law.from_vector(x)
-    out = law.to_dict()
-    if law.alpha + law.beta > 0:
-        out["n_exponent"], out["d_exponent"] = law.n_exponent, law.d_exponent
-    return out
+    return {**law.to_dict(), "n_exponent": law.n_exponent, "d_exponent": law.d_exponent}
 
 
 @_single_threaded_blas
-def fit_law(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None, top_k: int | None = 64,
-            bootstrap: int = 0, level: float = 0.95, seed: int = 0, bootstrap_starts: int = 4) -> Fit:
+def fit_law(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None, top_k: int | None = 32,
+            bootstrap: int = 0, level: float = 0.95, seed: int = 0, bootstrap_starts: int = 2,
+            extra_starts=()) -> Fit:
     """Fit L(N, D) = E + A/N^alpha + B/D^beta, Chinchilla approach 3 (module docstring).
 
     N, D, L: arrays of non-embedding parameters, tokens and final losses, one per run.
-    top_k: L-BFGS-B runs from the top_k best grid points (None: from every grid point).
-    bootstrap: number of resamples (0: no intervals); level: central interval mass.
+    top_k: L-BFGS-B runs from the top_k best grid points (None: from every grid point), and
+    from extra_starts (vectors a, b, e, alpha, beta), if any.
+    bootstrap: number of resamples (0: no intervals); level: central interval mass; each
+    resample is refitted from the best fit and the bootstrap_starts best grid points.
     """
     N, D, L = (np.asarray(v, float).ravel() for v in (N, D, L))
     keep = np.isfinite(N) & np.isfinite(D) & np.isfinite(L) & (N > 0) & (D > 0) & (L > 0)
@@ -273,6 +281,7 @@ def fit_law(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None, top_k
     scores = _grid_scores(points, log_n, log_d, log_l, delta)
     order = np.argsort(scores, kind="stable")
     starts = points[order] if top_k is None else points[order[:top_k]]
+    starts = [*(np.asarray(x, float) for x in extra_starts), *starts]
     best = _minimise(_law_objective, starts, (log_n, log_d, log_l, delta), _LAW_BOUNDS)
     fit = Fit(law=Law.from_vector(best.x), objective=float(best.fun * delta ** 2), n=len(L))
     if bootstrap > 0:
@@ -295,7 +304,7 @@ def fit_law(N, D, L, delta: float = HUBER_DELTA, grid: dict | None = None, top_k
             derived = [_derived(x) for x in samples]
             lo, hi = _percentiles(level)
             for key in derived[0]:
-                values = np.array([d[key] for d in derived if key in d], float)
+                values = np.array([d[key] for d in derived], float)
                 values = values[np.isfinite(values)]
                 if len(values):
                     fit.intervals[key] = [float(np.percentile(values, lo)), float(np.percentile(values, hi))]
@@ -445,9 +454,10 @@ def grid_points(sweep) -> list[dict]:
     return points
 
 
-def _resolve_base(sweep, sweep_path) -> str:
+def _resolve_base(sweep, sweep_file: Path) -> str:
+    """sweep.base as given (a path, or a name in configs/), or a file beside the sweep config."""
     base = str(sweep.base)
-    beside = Path(sweep_path).resolve().parent / base
+    beside = Path(sweep_file).resolve().parent / base
     return str(beside) if not Path(base).exists() and beside.exists() else base
 
 
@@ -623,9 +633,26 @@ def _tokenizer_key(config) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:12]
 
 
+def _plain(value):
+    """JSON-safe: numpy scalars -> Python, NaN / inf -> None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value.tolist()]
+    if isinstance(value, (np.floating, float)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
 def _write_json(path: Path, data) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=True, allow_nan=False))
     os.replace(tmp, path)
 
 
@@ -749,14 +776,14 @@ CSV_COLUMNS = ["name", "modalities", "width", "depth", "N", "N_total", "steps", 
 def write_runs_csv(results: list[dict], path) -> Path:
     path = Path(path)
     loss_keys = sorted({k for r in results for k in r.get("losses", {}) if k != "loss"})
-    point_keys = sorted({k for r in results for k in r.get("point", {})})
+    point_keys = sorted({k for r in results for k in r.get("point", {})} - set(CSV_COLUMNS))
     columns = CSV_COLUMNS[:1] + point_keys + CSV_COLUMNS[1:] + loss_keys + ["loss_source", "wall_s"]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         for r in results:
-            row = {**r, **r.get("point", {}), **{k: v for k, v in r.get("losses", {}).items() if k != "loss"}}
+            row = {**r.get("point", {}), **r, **{k: v for k, v in r.get("losses", {}).items() if k != "loss"}}
             row["modalities"] = "+".join(r.get("modalities", []))
             writer.writerow(row)
     os.replace(tmp, path)
@@ -768,17 +795,17 @@ def run_sweep(sweep_config_path, out_dir) -> dict:
     skip those whose result.json exists. Writes out_dir/runs.csv. Returns a summary."""
     from omni import parallel
 
-    sweep = load_sweep(sweep_config_path)
+    sweep_file = _sweep_file(sweep_config_path)
+    sweep = load_sweep(sweep_file)
     runner = str(sweep.get("runner", "local"))
     if runner != "local":
         raise ValueError(f"sweep runner '{runner}': only 'local' is implemented here "
                          "(SLURM / Kubernetes job arrays go through launch/)")
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
-    base = _resolve_base(sweep, sweep_config_path)
+    base = _resolve_base(sweep, sweep_file)
     points = grid_points(sweep)
-    shutil.copyfile(Path(sweep_config_path) if Path(sweep_config_path).exists()
-                    else _sweep_file(sweep_config_path), out / "sweep_config.py")
+    shutil.copyfile(sweep_file, out / "sweep_config.py")
     parallel.maybe_initialize_distributed()
     trained, skipped = [], []
     cache = persistent_compilation_cache(out / "jax_cache") if sweep.get("compilation_cache", True) \
@@ -831,7 +858,8 @@ def _column(results, key):
 
 
 def _holdout(results: list[dict], target: str, **fit_kwargs) -> dict | None:
-    """Fit on all runs but the largest (by C = 6ND, then N); predict the largest."""
+    """Fit on all runs but the largest (by C = 6ND, then N); predict the largest.
+    fit_kwargs go to fit_law (e.g. extra_starts=[the full fit], top_k=8)."""
     if len(results) < 6:
         return None
     largest = max(range(len(results)), key=lambda i: (results[i]["C_6ND"], results[i]["N"]))
@@ -892,7 +920,7 @@ def fit_dir(directory, bootstrap: int = 200, level: float = 0.95, min_runs: int 
             predicted = fit.law(_column(runs, "N"), _column(runs, "D"))
             observed = _column(runs, target)
             info["max_relative_error"] = float(np.max(np.abs(predicted - observed) / observed))
-            holdout = _holdout(runs, target)
+            holdout = _holdout(runs, target, extra_starts=[fit.law.vector()], top_k=8)
             if holdout is not None:
                 info["holdout_largest"] = holdout
             entry["fits"][target] = info
@@ -981,13 +1009,14 @@ def make_plots(directory: Path, runs: list[dict], fits: dict[str, Fit]) -> list[
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     budgets = np.logspace(math.log10(C.min()), math.log10(C.max()), 4)
     cmap = plt.get_cmap("plasma")
-    for k, c in enumerate(budgets):
+    for k, c in enumerate(budgets if not law.degenerate else []):
         n_opt, _ = law.compute_optimal(c)
         ns = np.logspace(math.log10(n_opt) - 1.5, math.log10(n_opt) + 1.5, 200)
         color = cmap(k / max(len(budgets) - 1, 1))
         ax.plot(ns, law(ns, c / (6 * ns)), color=color, label=f"C = {c:.2g}")
         ax.plot([n_opt], [law.frontier(c)], "o", color=color, markeredgecolor="k")
-    ax.scatter(N, L, c="k", s=12, marker="x", label="runs", zorder=3)
+    ax.scatter(N, L, c=np.log10(C), cmap=cmap, vmin=math.log10(budgets[0]), vmax=math.log10(budgets[-1]),
+               s=18, marker="x", label="runs (colour: their C)", zorder=3)
     ax.set(xscale="log", yscale="log", xlabel="N (non-embedding parameters)", ylabel=target,
            title="iso-FLOP curves of the fitted law (dots: optimum)")
     ax.legend(fontsize=8)

@@ -94,7 +94,7 @@ def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
         (tmp_path / "runs" / r["name"]).mkdir(parents=True)
         (tmp_path / "runs" / r["name"] / "result.json").write_text(json.dumps(r))
 
-    summary = scaling.cli_fit(tmp_path, bootstrap=20)
+    summary = scaling.cli_fit(tmp_path, bootstrap=10)
     data = json.loads((tmp_path / "fit.json").read_text())
     assert data["main"] == "image+text"
     assert set(data["groups"]) == {"image", "text", "image+text"}

@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import grain
 import jax
 import numpy as np
 
@@ -116,6 +115,8 @@ def training_batches(source, config, assets, start_step: int = 0):
             rows.append(arrays)
             problems.extend(issues)
         return stack(rows), problems
+
+    import grain  # imported here so that code which never reads data (bench, export) does not need it
 
     options = grain.ReadOptions(num_threads=int(config.data.num_threads),
                                 prefetch_buffer_size=int(config.data.prefetch))

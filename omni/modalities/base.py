@@ -32,8 +32,11 @@ def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float = "normal", sca
 
 
 def matmul(x, w, dtype, spec: str):
-    """einsum in the compute dtype with f32 accumulation (bf16 inputs use AMX/tensor cores)."""
-    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+    """einsum in the compute dtype, accumulating in f32 (bf16 inputs use AMX / tensor cores).
+    On CPU the f32 result is also what XLA emits fastest; on accelerators a bf16 result halves
+    the memory traffic of every activation (the accumulation inside stays f32)."""
+    out = jnp.float32 if dtype == jnp.float32 or jax.default_backend() == "cpu" else dtype
+    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=out)
 
 
 class Dense(nnx.Module):

@@ -1,0 +1,17 @@
+"""~1B-parameter text + image model for one large accelerator (bf16 compute, cuDNN attention).
+
+Run:  omni bench --config configs/gpu_1b.py --synthetic
+      omni train --config configs/gpu_1b.py --workdir runs/gpu_1b
+"""
+from pathlib import Path
+
+from omni.config import load_config
+
+
+def get_config():
+    c = load_config(str(Path(__file__).with_name("base.py")))
+    c.name = "gpu_1b"
+    c.train.update(dict(batch_size=64))
+    c.model.update(dict(width=2048, depth=20, heads=16, mlp_ratio=4, embed_dim=1024,
+                        dtype="bfloat16", remat="dots", attention="fused"))
+    return c
