@@ -41,5 +41,11 @@ def get_config():
         on_error="skip",         # skip (count, log path and reason) | raise
         num_threads=2, prefetch=4,
     ))
-    c.eval = ml_collections.ConfigDict(dict(split="test", batch_size=128, max_examples=1000))
+    c.eval = ml_collections.ConfigDict(dict(
+        split="test", batch_size=128, max_examples=1000,
+        tasks="retrieval",        # run every train.eval_every: retrieval,zeroshot,linear_probe,paired,robustness
+        templates="",             # zero-shot prompts, '|'-separated; empty = "a photo of a {}"
+        pairs="",                 # pairs .jsonl for the "paired" task
+        probe_train_examples=0,   # 0 = 10 x eval.max_examples training examples for the probe
+    ))
     return c

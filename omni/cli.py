@@ -43,7 +43,27 @@ def _parser() -> argparse.ArgumentParser:
             sub.add_argument("--target", required=True)
         else:
             sub.add_argument("--modality", required=True)
-            sub.add_argument("--template", default="a photo of a {}")
+            sub.add_argument("--template", action="append", default=None,
+                             help='repeat for an ensemble (default "a photo of a {}")')
+    probe = eval_commands.add_parser("linear_probe", help="logistic regression on frozen embeddings")
+    probe.add_argument("--workdir", required=True)
+    probe.add_argument("--data", default=None)
+    probe.add_argument("--modality", required=True)
+    probe.add_argument("--split", default="test")
+    probe.add_argument("--train-split", default="train")
+    probe.add_argument("--max-examples", type=int, default=None)
+    probe.add_argument("--max-train", type=int, default=None)
+    paired = eval_commands.add_parser("paired", help="Winoground-style text/image/group scores")
+    paired.add_argument("--workdir", required=True)
+    paired.add_argument("--pairs", required=True)
+    robust = eval_commands.add_parser("robustness", help="zero-shot with one input modality dropped")
+    robust.add_argument("--workdir", required=True)
+    robust.add_argument("--data", default=None)
+    robust.add_argument("--split", default="test")
+    robust.add_argument("--modalities", default=None, help='e.g. "image,text"')
+    robust.add_argument("--template", action="append", default=None)
+    robust.add_argument("--fusion", choices=["early", "late"], default="early")
+    robust.add_argument("--max-examples", type=int, default=None)
     plan = commands.add_parser("plan", help="compile the train step for the configured mesh; print memory and FLOPs")
     plan.add_argument("--config", default=None)
     plan.add_argument("--devices", type=int, default=None,
@@ -146,28 +166,38 @@ def _data_build(args) -> int:
 
 
 def _eval(args) -> int:
+    from omni import evaluate
+    command = args.eval_command
+    if command == "linear_probe":
+        result = evaluate.cli_linear_probe(args.workdir, args.data, args.modality, args.train_split, args.split,
+                                           args.max_examples, args.max_train)
+    elif command == "paired":
+        result = evaluate.cli_paired(args.workdir, args.pairs)
+    elif command == "robustness":
+        result = evaluate.cli_robustness(args.workdir, args.data, args.split, args.modalities, args.template,
+                                         args.fusion, args.max_examples)
+    elif command == "zeroshot":
+        result = evaluate.cli_zeroshot(args.workdir, args.data, args.split, args.modality, args.template,
+                                       args.max_examples)
+    else:
+        result = _eval_retrieval(args)
+    print(json.dumps(result))
+    return 0
+
+
+def _eval_retrieval(args) -> dict:
     import jax
 
     from omni import evaluate
     from omni.data import pipeline
     from omni.data.records import open_split
     config, setup, params, assets, step = evaluate.load_run(args.workdir)
-    data_dir = args.data or pipeline.resolve_data_dir(config)
-    source = open_split(data_dir, args.split)
+    source = open_split(args.data or pipeline.resolve_data_dir(config), args.split)
     with jax.set_mesh(setup.mesh):
-        if args.eval_command == "retrieval":
-            result = evaluate.retrieval(setup, params, source, config, assets, args.query, args.target,
-                                        args.max_examples)
-        else:
-            result = evaluate.zeroshot(setup, params, source, config, assets, args.modality, args.template,
-                                       args.max_examples)
-    out = Path(args.workdir) / "eval"
-    out.mkdir(exist_ok=True)
-    tag = f"{args.eval_command}-{args.split}-" + (
-        f"{args.query}-{args.target}" if args.eval_command == "retrieval" else args.modality)
-    (out / f"{tag}.json").write_text(json.dumps({"step": step, **result}, indent=2))
-    print(json.dumps(result))
-    return 0
+        result = evaluate.retrieval(setup, params, source, config, assets, args.query, args.target,
+                                    args.max_examples)
+    evaluate.write_result(args.workdir, f"retrieval-{args.split}-{args.query}-{args.target}", result, step=step)
+    return result
 
 
 if __name__ == "__main__":

@@ -10,9 +10,9 @@ minimises the Huber loss (delta = 1e-3) between that and the observed log L with
 started from a grid of points (Chinchilla's grid: a, b in {0, 5, .., 25}, e in {-1, -.5, .., 1},
 alpha, beta in {0, .5, .., 2}); the best of the local optima is kept. Every grid point is scored
 first (cheap, vectorised) and L-BFGS runs from the `top_k` best (None = all of them). The
-objective is divided by delta^2 so that L-BFGS's stopping tolerances are relative to it (an
-unscaled Huber sum is ~1e-5, and the optimizer otherwise stops early -- the flaw Besiroglu et al.
-2024 found in the original fit). Confidence intervals: bootstrap over runs (resample with
+objective is divided by delta^2 (same minimiser) so that L-BFGS-B's stopping tolerances act on
+numbers of order one: an unscaled Huber sum is ~1e-5 and meets them long before the optimum.
+Exponents are bounded to [0, 10]. Confidence intervals: bootstrap over runs (resample with
 replacement, refit warm-started from the best fit and the best grid points, percentile intervals).
 
 Compute-optimal allocation for C = 6 N D (minimise L subject to the budget, closed form):
@@ -25,8 +25,8 @@ Models", eq. 3): a model trained on modalities i and j with N parameters on D_i 
                         + gamma_ij / (D_i + D_j)^alpha_ij
 where L_i, L_j are the unimodal laws (fitted on runs that saw only one modality), C_ij the
 maximal synergy, beta_ij / N^alpha_ij the competition for capacity and gamma_ij / |D|^alpha_ij the
-competition in optimisation. The data exponent is tied to alpha_ij as in the paper;
-`shared_exponent=False` frees it. The interaction term
+competition in optimisation. The data exponent is tied to alpha_ij by default, as the paper's
+equation is written; `shared_exponent=False` fits its own exponent. The interaction term
     I_ij(N, D) = -C_ij + beta_ij / N^alpha_ij + gamma_ij / D^alpha_ij
 is > 0 where the modalities compete (the mixed model is worse than the average of the two
 unimodal ones) and < 0 where they help each other; the "competition barrier" is the scale where
@@ -39,6 +39,18 @@ A sweep config (configs/scaling/*.py, `get_config()` like any config) names a ba
 common overrides, and a grid: axes of named override lists; every combination is one run, in
 out/runs/<name>. A run whose result.json exists is finished and never rerun; a run interrupted
 half-way resumes from its last checkpoint (omni.train does that). See configs/scaling/tiny_sweep.py.
+
+What the numbers are, in omni
+-----------------------------
+N   parameters minus the embedding tables (tree keys containing tokens, positions, rows, cols:
+    the text token table -- tied to the output layer -- and the text / image position tables).
+D   token positions processed: steps x batch x tokens per example summed over the modalities
+    (padding and absent modalities included: the model computes on them), and per modality.
+C   C_6ND = 6 N D (what the law's compute-optimal formula uses); C_analytic =
+    omni.train.model_flops_per_step x steps (unimodal + fused passes, attention, heads);
+    C_xla = XLA's cost analysis of the compiled step x steps (see compiled_step_flops).
+L   the final checkpoint's loss on `eval_batches` batches of the held-out split, encoded like
+    training batches (see heldout_losses); with eval_batches = 0, the final training row.
 """
 from __future__ import annotations
 
@@ -944,6 +956,9 @@ def _fit_interactions(groups, bootstrap, level, seed, min_runs) -> dict:
         if len(names) != 2 or not all(n in groups for n in names):
             continue
         laws, skip = {}, None
+        if len(runs) < min_runs:
+            out[group] = {"skipped": f"mixed group {group}: {len(runs)} runs, need {min_runs}"}
+            continue
         for name in names:
             uni = groups[name]
             losses = np.array([r["loss_per_modality"].get(name) or np.nan for r in uni], float)

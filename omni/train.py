@@ -415,6 +415,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     eval_source = None
     if config.train.eval_every > 0 and config.eval.split in pipeline_splits(data_dir):
         eval_source = open_split(data_dir, config.eval.split)
+        evaluate.eval_tasks(config)  # a typo in eval.tasks fails now, not at the first evaluation
 
     # ---- Train loop ------------------------------------------------------------------------------
     flops = model_flops_per_step(config)
@@ -456,7 +457,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
                 if done % config.train.checkpoint_every == 0 or done == config.train.steps:
                     checkpoints.save(done, state, saved_assets)
                 if eval_source is not None and (done % config.train.eval_every == 0 or done == config.train.steps):
-                    results = evaluate.retrieval_during_training(setup, state["params"], eval_source, config, assets)
+                    results = evaluate.periodic_evaluations(setup, state["params"], config, assets, data_dir)
                     writer.write(done, results)
                     last.update(results)
                     log(" ".join(f"{k}={v:.3f}" for k, v in results.items() if k.endswith("R@1")))

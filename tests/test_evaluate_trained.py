@@ -1,0 +1,139 @@
+"""The evaluations on a tiny model trained here (a manifest this test writes -> dataset -> 40
+steps): zero-shot with a template ensemble, linear probe, the Winoground-form paired test,
+missing-modality robustness, the periodic hook and the CLI glue."""
+import json
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from omni import evaluate
+from tests.conftest import small_config
+from tests.test_train import COLORS, write_manifest
+
+TEMPLATES = ["a {} square on black", "a {} bar on black", "a photo of {}"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from omni.data.manifest import build
+    from omni.train import train
+    root = tmp_path_factory.mktemp("evaluate")
+    data = root / "data"
+    build(write_manifest(root / "files"), data)
+    config = small_config(f"--config.data.path={data}", "--config.train.steps=40", "--config.train.log_every=20",
+                          "--config.train.eval_every=0", "--config.train.checkpoint_every=40",
+                          "--config.train.warmup_steps=5",
+                          # Contrastive only: the masked objectives' fused pass would double the
+                          # compile time, and the embeddings evaluated here come from the contrastive one.
+                          "--config.loss.mlm.weight=0", "--config.loss.mim.weight=0", "--config.loss.mmm.weight=0")
+    workdir = root / "run"
+    train(config, workdir)
+    return workdir, data, evaluate.load_run(workdir)
+
+
+def _split(data, name):
+    from omni.data.records import open_split
+    return open_split(data, name)
+
+
+def test_template_ensemble_on_the_model(run):
+    _, data, (config, setup, params, assets, _) = run
+    classes = sorted(COLORS)
+    each = [evaluate.class_embeddings(setup, params, config, assets, classes, t) for t in TEMPLATES]
+    together = evaluate.class_embeddings(setup, params, config, assets, classes, TEMPLATES)
+    mean = np.mean(each, axis=0)
+    np.testing.assert_allclose(together, mean / np.linalg.norm(mean, axis=-1, keepdims=True), atol=1e-6)
+
+    source = _split(data, "test")
+    one = evaluate.zeroshot(setup, params, source, config, assets, "image", TEMPLATES[0])
+    assert evaluate.zeroshot(setup, params, source, config, assets, "image", [TEMPLATES[0]]) == one
+    assert set(one) == {"accuracy", "n", "classes"} and one["classes"] == 4
+    ensembled = evaluate.zeroshot(setup, params, source, config, assets, "image", TEMPLATES)
+    assert ensembled["n"] == one["n"]
+    assert ensembled["accuracy"] > 0.25, ensembled  # 4 colours: chance is 1/4
+
+
+def test_linear_probe_on_the_model(run):
+    workdir, data, loaded = run
+    result = evaluate.cli_linear_probe(workdir, data, "image", run=loaded)
+    assert result["classes"] == 4 and result["n"] >= 8 and result["C"] in evaluate.PROBE_CS
+    # The colour is a linear function of the pixels: a probe on even a 40-step model beats chance.
+    assert result["accuracy"] > 0.25, result
+    saved = json.loads((workdir / "eval" / "linear_probe-test-image.json").read_text())
+    assert saved == {"step": 40, **result}
+
+
+def test_paired_compositional_on_the_model(run, tmp_path):
+    workdir, _, loaded = run
+    config, setup, params, assets, _ = loaded
+    (tmp_path / "img").mkdir()
+    lines = []
+    for g, (a, b) in enumerate([("red", "blue"), ("green", "yellow"), ("blue", "green")]):
+        for i, (fg, bg) in enumerate([(a, b), (b, a)]):
+            pixels = np.zeros((24, 24, 3), np.uint8) + np.array(COLORS[bg], np.uint8)
+            pixels[6:18, 6:18] = COLORS[fg]
+            Image.fromarray(pixels).save(tmp_path / "img" / f"{g}-{i}.png")
+        lines.append({"id": f"g{g}", "caption_0": f"a {a} square on {b}", "caption_1": f"a {b} square on {a}",
+                      "image_0": f"img/{g}-0.png", "image_1": f"img/{g}-1.png"})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    result = evaluate.cli_paired(workdir, pairs, run=loaded)
+    assert result["n"] == 3 and result["modality"] == "image"
+    # The scores are those of the similarity matrices built by hand from the unimodal embeddings.
+    captions = [{"id": f"{k}", "text": line[f"caption_{i}"]} for k, line in enumerate(lines) for i in (0, 1)]
+    images = [{"id": f"{k}", "image": (pairs.parent / line[f"image_{i}"]).read_bytes()}
+              for k, line in enumerate(lines) for i in (0, 1)]
+    zc, _ = evaluate.embed_records(setup, params, evaluate.ListSource(captions), config, assets, "text")
+    zi, _ = evaluate.embed_records(setup, params, evaluate.ListSource(images), config, assets, "image")
+    similarity = np.einsum("gie,gje->gij", zc.reshape(3, 2, -1), zi.reshape(3, 2, -1))
+    expected = evaluate.winoground_scores(similarity)
+    for key in ("text_score", "image_score", "group_score"):
+        assert result[key] == expected[key]
+    assert (workdir / "eval" / "paired-pairs.json").exists()
+
+
+def test_missing_modality_on_the_model(run):
+    workdir, data, loaded = run
+    config, setup, params, assets, _ = loaded
+    source = _split(data, "test")
+    # With one modality left, the joint (early-fusion) pass equals that modality's unimodal embedding.
+    conditions = [("image",), ("text",), ("text", "image")]
+    fused, records = evaluate.fused_embed_records(setup, params, source, config, assets, ["text", "image"],
+                                                  conditions, "early")
+    assert len(records) >= 8
+    for name in ("image", "text"):
+        z, kept = evaluate.embed_records(setup, params, evaluate.ListSource(records), config, assets, name)
+        assert [r["id"] for r in kept] == [r["id"] for r in records]
+        np.testing.assert_allclose(fused[(name,)], z, atol=1e-5)
+    both = fused[("text", "image")]
+    assert np.abs(both - fused[("image",)]).max() > 1e-3  # the other modality is really seen
+
+    early = evaluate.cli_robustness(workdir, data, template=TEMPLATES, run=loaded)
+    late = evaluate.missing_modality(setup, params, source, config, assets, None, TEMPLATES, "late")
+    assert set(early["accuracy"]) == {"all", "without_text", "without_image"} and early["n"] == len(records)
+    # Dropping a modality leaves the same single-modality input under either fusion.
+    for key in ("without_text", "without_image"):
+        assert early["accuracy"][key] == late["accuracy"][key]
+    image_only = evaluate.zeroshot(setup, params, evaluate.ListSource(records), config, assets, "image", TEMPLATES)
+    assert early["accuracy"]["without_text"] == image_only["accuracy"]
+    assert early["drop"]["text"] == pytest.approx(early["accuracy"]["all"] - early["accuracy"]["without_text"])
+    assert (workdir / "eval" / "robustness-test-early.json").exists()
+
+
+def test_periodic_evaluations(run):
+    _, data, (config, setup, params, assets, _) = run
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.eval.tasks = "retrieval,zeroshot,linear_probe,robustness"
+        config.eval.templates = "|".join(TEMPLATES)
+    with jax.set_mesh(setup.mesh):
+        metrics = evaluate.periodic_evaluations(setup, params, config, assets, data)
+        before = evaluate.retrieval_during_training(setup, params, _split(data, "test"), config, assets)
+    assert {k: v for k, v in metrics.items() if k.startswith("eval/retrieval/")} == before
+    for key in ("eval/zeroshot/image/accuracy", "eval/linear_probe/image/accuracy",
+                "eval/linear_probe/image/val_accuracy", "eval/robustness/accuracy/all",
+                "eval/robustness/accuracy/without_text", "eval/robustness/drop/image"):
+        assert key in metrics, sorted(metrics)
+    assert all(isinstance(v, float) for v in metrics.values())
