@@ -89,8 +89,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _positionals_first(argv: list[str], options_with_values: set[str]) -> list[str]:
+    """`embed BUNDLE --modality M FILE...`: argparse cannot take positionals after an option once
+    the positional list has started, so move every positional before the options."""
+    positionals, options, i = [], [], 0
+    while i < len(argv):
+        if argv[i] in options_with_values and i + 1 < len(argv):
+            options += argv[i:i + 2]
+            i += 2
+        elif argv[i].startswith("-"):
+            options.append(argv[i])
+            i += 1
+        else:
+            positionals.append(argv[i])
+            i += 1
+    return positionals + options
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["embed"]:
+        argv = ["embed"] + _positionals_first(argv[1:], {"--modality", "--out", "--text"})
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
     from omni.config import ConfigError
