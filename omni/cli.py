@@ -64,6 +64,14 @@ def _parser() -> argparse.ArgumentParser:
     robust.add_argument("--template", action="append", default=None)
     robust.add_argument("--fusion", choices=["early", "late"], default="early")
     robust.add_argument("--max-examples", type=int, default=None)
+    sweep = commands.add_parser("sweep", help="run a scaling-law grid of runs (finished runs are skipped)")
+    sweep.add_argument("--config", required=True)
+    sweep.add_argument("--out", required=True)
+    scaling = commands.add_parser("scaling", help="scaling-law analysis")
+    scaling_commands = scaling.add_subparsers(dest="scaling_command", required=True)
+    fit = scaling_commands.add_parser("fit", help="fit L(N, D) to the runs in DIR; write fit.json and plots")
+    fit.add_argument("dir")
+
     plan = commands.add_parser("plan", help="compile the train step for the configured mesh; print memory and FLOPs")
     plan.add_argument("--config", default=None)
     plan.add_argument("--devices", type=int, default=None,
@@ -124,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
             return _data_build(args)
         if args.command == "eval":
             return _eval(args)
+        if args.command == "sweep":
+            from omni.scaling import cli_sweep
+            print(json.dumps(cli_sweep(args.config, args.out)))
+            return 0
+        if args.command == "scaling":
+            from omni.scaling import cli_fit
+            print(json.dumps(cli_fit(args.dir)))
+            return 0
         if args.command == "export":
             from omni.export import cli_export
             print(json.dumps(cli_export(args.workdir, args.out)))

@@ -1026,12 +1026,15 @@ def make_plots(directory: Path, runs: list[dict], fits: dict[str, Fit]) -> list[
     cmap = plt.get_cmap("plasma")
     for k, c in enumerate(budgets if not law.degenerate else []):
         n_opt, _ = law.compute_optimal(c)
-        ns = np.logspace(math.log10(n_opt) - 1.5, math.log10(n_opt) + 1.5, 200)
+        ns = np.logspace(math.log10(n_opt) - 1.0, math.log10(n_opt) + 1.0, 200)
         color = cmap(k / max(len(budgets) - 1, 1))
         ax.plot(ns, law(ns, c / (6 * ns)), color=color, label=f"C = {c:.2g}")
         ax.plot([n_opt], [law.frontier(c)], "o", color=color, markeredgecolor="k")
     ax.scatter(N, L, c=np.log10(C), cmap=cmap, vmin=math.log10(budgets[0]), vmax=math.log10(budgets[-1]),
                s=18, marker="x", label="runs (colour: their C)", zorder=3)
+    optima = law.frontier(budgets) if not law.degenerate else L
+    low, high = min(L.min(), np.nanmin(optima)), max(L.max(), np.nanmax(optima))
+    ax.set_ylim(low / 1.1, high * 1.3)
     ax.set(xscale="log", yscale="log", xlabel="N (non-embedding parameters)", ylabel=target,
            title="iso-FLOP curves of the fitted law (dots: optimum)")
     ax.legend(fontsize=8)

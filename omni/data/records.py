@@ -8,6 +8,7 @@ Read back with `open_split(DIR, split)`: random access by index, the input grain
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 
@@ -17,6 +18,7 @@ FIELDS = ("id", "label", "source", "text", "image")
 BYTES_FIELDS = ("image",)  # kept as bytes; every other field is decoded to str
 
 
+@functools.cache  # TFDS registers builder classes by name: define ours once per process
 def _builder_class():
     import tensorflow_datasets as tfds  # imported lazily: it is slow to import
 
