@@ -24,6 +24,8 @@ def get_config():
         remat="none",          # none | full | dots
         attention="einsum",    # einsum (written out) | fused (jax.nn.dot_product_attention: cuDNN on GPU)
         scan_layers=True,
+        parametrization="sp",  # sp (standard) | mup (maximal update: LR transfers across widths)
+        mup_base_width=128,    # under mup, the width at which it equals sp
     ))
     c.modalities = ml_collections.ConfigDict(dict(
         text=ml_collections.ConfigDict(dict(max_len=24, vocab_size=1024)),

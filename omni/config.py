@@ -154,6 +154,8 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError(f"model.dtype='{config.model.dtype}': use float32 or bfloat16")
     if config.model.remat not in ("none", "full", "dots"):
         raise ConfigError(f"model.remat='{config.model.remat}': use none, full or dots")
+    if config.model.parametrization not in ("sp", "mup"):
+        raise ConfigError(f"model.parametrization='{config.model.parametrization}': use sp or mup")
     if config.model.attention not in ("einsum", "fused"):
         raise ConfigError(f"model.attention='{config.model.attention}': use einsum or fused")
     if config.data.on_error not in ("skip", "raise"):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from omni import mup
 from omni.modalities import registry
 from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param
 from omni.parallel import constrain
@@ -58,6 +59,7 @@ class Transformer(nnx.Module):
         self.remat = m.remat
         self.scan_layers = m.scan_layers
         self.attention = m.attention
+        self.attention_scale = mup.attention_scale(config, head_dim)
 
     def __call__(self, x, key_valid):
         """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
@@ -66,6 +68,7 @@ class Transformer(nnx.Module):
         mask = key_valid[:, None, None, :]
         dtype = self.dtype
         attention = self.attention
+        scale = self.attention_scale
 
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
@@ -76,9 +79,9 @@ class Transformer(nnx.Module):
             if attention == "fused":
                 # cuDNN flash attention on GPU where it applies, XLA's own elsewhere.
                 attended = jax.nn.dot_product_attention(
-                    q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask).astype(jnp.float32)
+                    q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=scale).astype(jnp.float32)
             else:
-                logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * q.shape[-1] ** -0.5 + bias
+                logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
                 weights = jax.nn.softmax(logits, axis=-1)
                 attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
             h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
@@ -114,6 +117,7 @@ class Omni(nnx.Module):
         self.logit_scale = param(rngs, (), (), init=math.log(10.0) if siglip else math.log(1 / 0.07))
         self.logit_bias = param(rngs, (), (), init=-10.0 if siglip else 0.0)
         self.dtype = jnp.dtype(config.model.dtype)
+        self.output_multiplier = mup.output_multiplier(config)
 
     def sequence(self, name, tokens, valid, present):
         """Prepend CLS, add the modality-type embedding; valid = token valid AND modality present."""
@@ -129,7 +133,7 @@ class Omni(nnx.Module):
         tokens, valid = self.stems[name].embed(inputs, self.dtype)
         x, valid = self.sequence(name, tokens, valid, jnp.ones(tokens.shape[0], bool))
         h = self.encoder(x, valid)
-        z = self.projections[name](self.final_norm(h[:, 0]), self.dtype)
+        z = self.projections[name](self.final_norm(h[:, 0]), self.dtype) * self.output_multiplier
         return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
 
     def fused(self, blocks):

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omni import config as config_lib
-from omni import objectives, parallel
+from omni import mup, objectives, parallel
 from omni.checkpoint import Checkpoints, abstract_like
 from omni.data import pipeline
 from omni.data.records import open_split
@@ -43,7 +43,9 @@ def log(message: str) -> None:
 # Model, optimizer and their shardings
 # ==============================================================================================
 
-def make_optimizer(config):
+def make_optimizer(config, params=None):
+    """AdamW with warmup + cosine and clipping; under muP (params given) the hidden matrices'
+    updates are scaled by base_width / width."""
     t = config.train
     warmup = min(int(t.warmup_steps), int(t.steps) // 2)  # short test runs still decay
     schedule = optax.warmup_cosine_decay_schedule(
@@ -54,6 +56,8 @@ def make_optimizer(config):
     tx = optax.chain(
         optax.clip_by_global_norm(t.grad_clip),
         optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
+    if mup.is_mup(config):
+        tx = optax.chain(tx, mup.scale_updates(mup.learning_rate_multipliers(params, config)))
     return tx, schedule
 
 
@@ -135,8 +139,8 @@ def build_setup(config, mesh) -> Setup:
     abstract_model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
     graphdef, abstract_vars = nnx.split(abstract_model)
     shardings = param_shardings(abstract_vars, mesh)
-    tx, schedule = make_optimizer(config)
     abstract_params = nnx.to_pure_dict(abstract_vars)
+    tx, schedule = make_optimizer(config, abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, P())
     opt_shardings = optax.tree_map_params(

@@ -13,6 +13,7 @@ from einops import rearrange
 from flax import nnx
 from PIL import Image
 
+from omni import mup
 from omni.modalities.base import Dense, LayerNorm, Modality, param
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
@@ -74,6 +75,7 @@ class ImageStem(nnx.Module):
         self.mask_token = param(rngs, (width,), ("embed",))
         self.head_norm = LayerNorm(rngs, width)
         self.head = Dense(rngs, width, patch_dim, names=("embed", "patch"))
+        self.output_multiplier = mup.output_multiplier(config)
 
     def _patches(self, inputs):
         pixels = inputs["image/pixels"].astype(jnp.float32) / 255.0
@@ -103,7 +105,7 @@ class ImageStem(nnx.Module):
 
     def reconstruction_loss(self, hidden, target, dtype):
         """Mean squared error per patch."""
-        prediction = self.head(self.head_norm(hidden), dtype)
+        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
         return jnp.mean(jnp.square(prediction - target), axis=-1)
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from omni import mup
 from omni.modalities.base import LayerNorm, Modality, matmul, param
 
 PAD_ID, CLS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3
@@ -84,6 +85,7 @@ class TextStem(nnx.Module):
         self.positions = param(rngs, (cfg.max_len, width), ("length", "embed"))
         self.head_norm = LayerNorm(rngs, width)
         self.head_bias = param(rngs, (cfg.vocab_size,), ("vocab",), init="zeros")
+        self.output_multiplier = mup.output_multiplier(config)
 
     def embed(self, inputs, dtype):
         ids = inputs["text/ids"]
@@ -107,7 +109,7 @@ class TextStem(nnx.Module):
     def reconstruction_loss(self, hidden, target, dtype):
         """Cross-entropy per position; the output layer is tied to the token embedding."""
         h = self.head_norm(hidden)
-        logits = matmul(h, self.tokens[...], dtype, "bld,vd->blv") + self.head_bias[...]
+        logits = matmul(h, self.tokens[...], dtype, "bld,vd->blv") * self.output_multiplier + self.head_bias[...]
         logz = jax.nn.logsumexp(logits, axis=-1)
         true_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
         return logz - true_logit

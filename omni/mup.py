@@ -1,0 +1,109 @@
+"""Maximal-update parametrisation (muP; Yang et al. 2021, "Tensor Programs V") for Adam, so that
+a learning rate tuned on a narrow model transfers to wide ones (`model.parametrization="mup"`).
+
+With the width multiplier m = model.width / model.mup_base_width:
+  * hidden matrices (attention q/k/v/out, MLP in/out): init std 1/sqrt(fan_in) as usual, and
+    their Adam learning rate is divided by m, so each update moves a layer's output by O(1)
+    whatever the width;
+  * input weights (token, patch and position embeddings), biases and norms: init and learning
+    rate independent of width;
+  * output layers (the tied text read-out, the masked-image head, the contrastive projections):
+    their outputs are multiplied by 1/m;
+  * attention logits are q.k * sqrt(base_head_dim) / head_dim instead of q.k / sqrt(head_dim).
+At width == mup_base_width both parametrisations are the same model.
+
+`coordinate_check` measures how much a few Adam steps move the transformer's output activations
+at several widths: flat under muP, growing with width under the standard parametrisation.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+HIDDEN_MATRICES = ("wq", "wk", "wv", "wo", "w_in", "w_out")
+
+
+def is_mup(config) -> bool:
+    return config.model.parametrization == "mup"
+
+
+def width_multiplier(config) -> float:
+    return config.model.width / config.model.mup_base_width if is_mup(config) else 1.0
+
+
+def output_multiplier(config) -> float:
+    return 1.0 / width_multiplier(config)
+
+
+def attention_scale(config, head_dim: int) -> float:
+    if not is_mup(config):
+        return head_dim ** -0.5
+    base_head_dim = config.model.mup_base_width / config.model.heads
+    return base_head_dim ** 0.5 / head_dim
+
+
+def learning_rate_multipliers(params: dict, config) -> dict:
+    """Same structure as params: 1/m for the transformer's hidden matrices, 1 elsewhere."""
+    hidden = 1.0 / width_multiplier(config)
+
+    def visit(tree, path):
+        if isinstance(tree, dict):
+            return {k: visit(v, path + (k,)) for k, v in tree.items()}
+        return hidden if path[0] == "encoder" and path[-1] in HIDDEN_MATRICES else 1.0
+
+    return visit(params, ())
+
+
+def scale_updates(multipliers: dict) -> optax.GradientTransformation:
+    """Multiply each parameter's update by its (static) multiplier."""
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def coordinate_check(widths, parametrization: str, steps: int = 3, lr: float = 1e-2,
+                     base_overrides=()) -> list[float]:
+    """Mean |change| of the transformer's output activations on one fixed batch after `steps`
+    Adam steps at a fixed learning rate, for each width (heads fixed, head_dim grows)."""
+    from flax import nnx
+
+    from omni import config as config_lib, parallel
+    from omni.bench import _synthetic_batch
+    from omni.train import build_setup
+
+    sizes = []
+    for width in widths:
+        config = config_lib.load_config(None, list(base_overrides) + [
+            f"--config.model.width={width}", f"--config.model.embed_dim={width}",
+            f"--config.model.parametrization={parametrization}", f"--config.train.lr={lr}",
+            "--config.train.warmup_steps=0", "--config.train.min_lr_ratio=1.0",
+            "--config.train.weight_decay=0.0", "--config.train.grad_clip=1000000.0",
+            f"--config.train.steps={steps + 1}"])
+        mesh = parallel.make_mesh((1, 1, 1))
+        setup = build_setup(config, mesh)
+        state = setup.init_state()
+        batch = _synthetic_batch(config, setup)
+
+        def hidden(params):
+            model = nnx.merge(setup.graphdef, params)
+            tokens, valid = model.stems["text"].embed(batch, jnp.float32)
+            x, valid = model.sequence("text", tokens, valid, jnp.ones(tokens.shape[0], bool))
+            return model.encoder(x, valid)
+
+        hidden = jax.jit(hidden)
+        before = hidden(state["params"])
+        step = setup.compile_train_step()
+        with jax.set_mesh(mesh):
+            for _ in range(steps):
+                state, _ = step(state, batch)
+        sizes.append(float(jnp.mean(jnp.abs(hidden(state["params"]) - before))))
+    return sizes
+
+
+def coordinate_growth(sizes) -> float:
+    """Largest-width size over smallest-width size (1 = flat)."""
+    return float(np.asarray(sizes)[-1] / np.asarray(sizes)[0])
