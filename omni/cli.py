@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser("sweep", help="run a scaling-law grid of runs (finished runs are skipped)")
     sweep.add_argument("--config", required=True)
     sweep.add_argument("--out", required=True)
+    sweep.add_argument("--only", type=int, default=None, help="run just this grid point (a SLURM array task)")
     scaling = commands.add_parser("scaling", help="scaling-law analysis")
     scaling_commands = scaling.add_subparsers(dest="scaling_command", required=True)
     fit = scaling_commands.add_parser("fit", help="fit L(N, D) to the runs in DIR; write fit.json and plots")
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             return _eval(args)
         if args.command == "sweep":
             from omni.scaling import cli_sweep
-            print(json.dumps(cli_sweep(args.config, args.out)))
+            print(json.dumps(cli_sweep(args.config, args.out, only=args.only)))
             return 0
         if args.command == "scaling":
             from omni.scaling import cli_fit

@@ -63,6 +63,7 @@ import json
 import math
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -802,22 +803,60 @@ def write_runs_csv(results: list[dict], path) -> Path:
     return path
 
 
-def run_sweep(sweep_config_path, out_dir) -> dict:
-    """Run every grid point of the sweep config one after another into out_dir/runs/<name>;
-    skip those whose result.json exists. Writes out_dir/runs.csv. Returns a summary."""
+SLURM_ARRAY_SCRIPT = """#!/usr/bin/env bash
+# One SLURM array task per grid point of {sweep_file}; each runs `omni sweep --only INDEX`.
+# A finished point is skipped, so resubmitting this script continues an interrupted sweep.
+# When all tasks are done:  omni scaling fit {out}
+#SBATCH --job-name=omni-sweep
+#SBATCH --array=0-{last}
+#SBATCH --ntasks=1
+{sbatch_lines}
+set -euo pipefail
+export OMNI_NO_DISTRIBUTED=1   # each task is its own single-process run
+omni sweep --config {sweep_file} --out {out} --only "$SLURM_ARRAY_TASK_ID"
+"""
+
+
+def write_slurm_array(sweep, sweep_file: Path, out: Path, count: int) -> Path:
+    """out/sweep.sbatch: a job array with one task per grid point (sweep.sbatch = extra #SBATCH lines)."""
+    extra = "\n".join(f"#SBATCH {line}" for line in sweep.get("sbatch", ()))
+    script = out / "sweep.sbatch"
+    script.write_text(SLURM_ARRAY_SCRIPT.format(sweep_file=sweep_file.resolve(), out=out.resolve(),
+                                                last=count - 1, sbatch_lines=extra))
+    script.chmod(0o755)
+    return script
+
+
+def run_sweep(sweep_config_path, out_dir, only: int | None = None) -> dict:
+    """Run the grid points of the sweep config into out_dir/runs/<name>, skipping those whose
+    result.json exists, and write out_dir/runs.csv. runner="local": all of them, one after
+    another, here. runner="slurm": write out_dir/sweep.sbatch (a job array whose task i runs
+    `omni sweep --only i`) and submit it with sbatch when sbatch is on PATH. `only`: just that
+    grid point, here (what each array task does). Returns a summary."""
     from omni import parallel
 
     sweep_file = _sweep_file(sweep_config_path)
     sweep = load_sweep(sweep_file)
     runner = str(sweep.get("runner", "local"))
-    if runner != "local":
-        raise ValueError(f"sweep runner '{runner}': only 'local' is implemented here "
-                         "(SLURM / Kubernetes job arrays go through launch/)")
+    if runner not in ("local", "slurm"):
+        raise ValueError(f"{sweep_file}: runner '{runner}': use local or slurm")
     out = Path(out_dir)
     (out / "runs").mkdir(parents=True, exist_ok=True)
     base = _resolve_base(sweep, sweep_file)
     points = grid_points(sweep)
-    shutil.copyfile(sweep_file, out / "sweep_config.py")
+    if only is None:
+        shutil.copyfile(sweep_file, out / "sweep_config.py")
+    if runner == "slurm" and only is None:
+        script = write_slurm_array(sweep, sweep_file, out, len(points))
+        submitted = None
+        if shutil.which("sbatch"):
+            submitted = subprocess.run(["sbatch", str(script)], capture_output=True, text=True,
+                                       check=True).stdout.strip()
+        return {"out": str(out), "runs": len(points), "script": str(script), "submitted": submitted}
+    if only is not None:
+        if not 0 <= only < len(points):
+            raise ValueError(f"--only {only}: the sweep has grid points 0..{len(points) - 1}")
+        points = [points[only]]
     parallel.maybe_initialize_distributed()
     trained, skipped = [], []
     cache = persistent_compilation_cache(out / "jax_cache") if sweep.get("compilation_cache", True) \
@@ -837,7 +876,8 @@ def run_sweep(sweep_config_path, out_dir) -> dict:
             log(f"[sweep] {i + 1}/{len(points)} {point['name']}: {' '.join(point['overrides'])}")
             run_one(point["name"], point["overrides"], base, run_dir, sweep, out, point["point"])
             trained.append(point["name"])
-            write_runs_csv(load_results(out), out / "runs.csv")
+            if only is None:  # array tasks run at once: leave runs.csv to `omni scaling fit`
+                write_runs_csv(load_results(out), out / "runs.csv")
     results = load_results(out)
     csv_path = write_runs_csv(results, out / "runs.csv")
     return {"out": str(out), "runs": len(points), "trained": trained, "skipped": skipped,
@@ -1074,9 +1114,9 @@ def load_fit(directory, target: str = "loss", group: str | None = None) -> Law:
 # Command-line glue (wired into omni.cli as `omni sweep` and `omni scaling fit`)
 # ==============================================================================================
 
-def cli_sweep(config_path, out) -> dict:
-    """`omni sweep --config PATH --out DIR`: run the grid; returns the summary (print as JSON)."""
-    return run_sweep(config_path, out)
+def cli_sweep(config_path, out, only: int | None = None) -> dict:
+    """`omni sweep --config PATH --out DIR [--only I]`: run the grid; returns the summary (print as JSON)."""
+    return run_sweep(config_path, out, only=only)
 
 
 def cli_fit(directory, **fit_kwargs) -> dict:

@@ -10,7 +10,7 @@ import pytest
 
 from omni import scaling
 from omni.scaling import Interaction, Law, fit_interaction, fit_law
-from tests.conftest import SMALL
+from tests.conftest import REPO, SMALL
 
 CHINCHILLA = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.28)
 
@@ -172,3 +172,20 @@ def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
     assert os.stat(files["d1"]).st_mtime_ns == mtimes["d1"]
     resumed = json.loads(files["d5"].read_text())
     assert resumed["N"] == result["N"] and resumed["final_train_losses"]["loss"] > 0
+
+
+def test_slurm_runner_writes_a_job_array(tmp_path):
+    """runner="slurm": one array task per grid point, each running `omni sweep --only INDEX`."""
+    from omni.scaling import grid_points, load_sweep, run_sweep
+    sweep_file = tmp_path / "sweep.py"
+    source = (REPO / "configs" / "scaling" / "tiny_sweep.py").read_text()
+    sweep_file.write_text(source.replace('c.runner = "local"', 'c.runner = "slurm"'))
+    summary = run_sweep(sweep_file, tmp_path / "out")
+    script = (tmp_path / "out" / "sweep.sbatch").read_text()
+    count = len(grid_points(load_sweep(sweep_file)))
+    assert summary["runs"] == count == 8
+    assert f"#SBATCH --array=0-{count - 1}" in script
+    assert '--only "$SLURM_ARRAY_TASK_ID"' in script and str(sweep_file.resolve()) in script
+    assert not list((tmp_path / "out" / "runs").iterdir())   # nothing trained here
+    with pytest.raises(ValueError, match="grid points 0..7"):
+        run_sweep(sweep_file, tmp_path / "out", only=8)
