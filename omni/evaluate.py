@@ -38,6 +38,7 @@ import jax
 import numpy as np
 
 from omni.data import pipeline
+from omni.data.manifest import json_lines
 from omni.modalities import registry
 
 RECALL_AT = (1, 5, 10)
@@ -297,16 +298,7 @@ def read_pairs(path) -> tuple[str, list[dict]]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: pairs file not found")
     root, modality, groups = path.parent, None, []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(entry, dict):
-            raise ValueError(f"{where}: each line must be a JSON object")
+    for where, entry in json_lines(path):
         for key in ("caption_0", "caption_1"):
             if not isinstance(entry.get(key), str) or not entry[key].strip():
                 raise ValueError(f"{where}: '{key}' must be a non-empty string")
@@ -322,7 +314,7 @@ def read_pairs(path) -> tuple[str, list[dict]]:
         if modality not in (None, name):
             raise ValueError(f"{where}: this line pairs captions with '{name}', earlier lines with '{modality}'")
         modality = name
-        group = {"id": str(entry.get("id", f"line-{number}")),
+        group = {"id": str(entry.get("id", f"line-{where.rsplit(':', 1)[1]}")),
                  "caption_0": entry["caption_0"], "caption_1": entry["caption_1"]}
         for i in (0, 1):
             value = entry[f"{name}_{i}"]

@@ -27,6 +27,22 @@ def stable_split(key: str, test_fraction: float) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
+def json_lines(path: Path, error=ValueError):
+    """Yield ("file:line", object) for each non-blank line of a JSON-lines file; a line that is
+    not a JSON object raises `error` naming the file and line."""
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(entry, dict):
+            raise error(f"{where}: each line must be a JSON object")
+        yield where, entry
+
+
 def read_manifest(path: str | Path, test_fraction: float = 0.1, log=None) -> dict[str, list[dict]]:
     """Parse and check a manifest; returns split -> records. Errors name the file and line."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -36,16 +52,8 @@ def read_manifest(path: str | Path, test_fraction: float = 0.1, log=None) -> dic
     root = path.parent
     splits: dict[str, list[dict]] = {}
     seen_ids = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(entry, dict):
-            raise ManifestError(f"{where}: each line must be a JSON object")
+    for where, entry in json_lines(path, ManifestError):
+        number = int(where.rsplit(":", 1)[1])
         unknown = set(entry) - KNOWN_FIELDS
         if unknown:
             raise ManifestError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
