@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--out", required=True)
     build.add_argument("--test-fraction", type=float, default=0.1,
                        help="share of lines without a `split` that go to `test` (stable hash)")
+    build.add_argument("--on-error", choices=["skip", "raise"], default="skip",
+                       help="a line that cannot be used: skip it (and report it) or stop")
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -196,8 +198,8 @@ def _plan_or_bench(args, overrides) -> int:
 
 def _data_build(args) -> int:
     from omni.data.manifest import build
-    counts = build(args.manifest, args.out, test_fraction=args.test_fraction)
-    print(json.dumps({"out": args.out, "splits": counts}))
+    summary = build(args.manifest, args.out, test_fraction=args.test_fraction, on_error=args.on_error)
+    print(json.dumps({"out": args.out, **summary}))
     return 0
 
 

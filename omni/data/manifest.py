@@ -4,6 +4,8 @@ Each line is a JSON object (interface.md): id, split, label, text, image (a path
 manifest's folder). Lines without `split` are assigned train/test by a stable hash of their id
 (or line), so rebuilding never moves an example between splits. File contents are stored as they
 are; decoding happens at load time, where a corrupt file is skipped and counted, not fatal.
+A line that cannot be used at all is skipped and reported with its file:line and reason
+(`--on-error raise` stops instead).
 """
 from __future__ import annotations
 
@@ -27,68 +29,107 @@ def stable_split(key: str, test_fraction: float) -> str:
     return "test" if bucket < test_fraction else "train"
 
 
-def json_lines(path: Path, error=ValueError):
-    """Yield ("file:line", object) for each non-blank line of a JSON-lines file; a line that is
-    not a JSON object raises `error` naming the file and line."""
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
+def json_lines(path: Path, error=ValueError, problems: list | None = None):
+    """Yield ("file:line", object) for each non-blank line of a JSON-lines file. A line that is not
+    UTF-8 or not a JSON object raises `error` naming the file and line, or, when a `problems`
+    list is given, is recorded there and skipped."""
+    for number, raw in enumerate(path.read_bytes().splitlines(), start=1):
+        if not raw.strip():
             continue
         where = f"{path}:{number}"
         try:
-            entry = json.loads(line)
+            entry = json.loads(raw.decode("utf-8"))
+            problem = None if isinstance(entry, dict) else f"{where}: each line must be a JSON object"
+        except UnicodeDecodeError as e:
+            problem = f"{where}: not UTF-8 ({e.reason} at byte {e.start})"
         except json.JSONDecodeError as e:
-            raise error(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(entry, dict):
-            raise error(f"{where}: each line must be a JSON object")
-        yield where, entry
+            problem = f"{where}: not valid JSON ({e.msg})"
+        if problem is None:
+            yield where, entry
+        elif problems is None:
+            raise error(problem)
+        else:
+            problems.append(problem)
 
 
-def read_manifest(path: str | Path, test_fraction: float = 0.1, log=None) -> dict[str, list[dict]]:
-    """Parse and check a manifest; returns split -> records. Errors name the file and line."""
+class _LineError(Exception):
+    """One manifest line that cannot be used (skipped or fatal, per on_error)."""
+
+
+def _record(where: str, entry: dict, root: Path, log) -> dict:
+    """One manifest object -> a record; raises _LineError when no usable modality is left."""
+    unknown = set(entry) - KNOWN_FIELDS
+    if unknown:
+        log(f"{where}: unknown field(s) {', '.join(sorted(unknown))} ignored "
+            f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
+    later = [m for m in ("audio", "video", "smell") if m in entry]
+    if later:
+        log(f"{where}: field(s) {', '.join(later)} are not supported by this version yet; ignored")
+    number = where.rsplit(":", 1)[1]
+    record = {"id": str(entry.get("id", f"line-{number}")), "label": str(entry.get("label", "")),
+              "text": "", "image": b""}
+    sources, dropped = [], []
+    if "text" in entry:
+        if isinstance(entry["text"], str) and entry["text"]:
+            record["text"] = entry["text"]
+        else:
+            dropped.append("'text' must be a non-empty string")
+    if "image" in entry:
+        image_path = root / str(entry["image"])
+        if not image_path.is_file():
+            dropped.append(f"image file {image_path} does not exist")
+        elif image_path.stat().st_size == 0:
+            dropped.append(f"image file {image_path} is empty")
+        else:
+            record["image"] = image_path.read_bytes()
+            sources.append(str(image_path))
+    if dropped:
+        if not (record["text"] or record["image"]):
+            raise _LineError(f"{where}: {'; '.join(dropped)}")
+        log(f"{where}: {'; '.join(dropped)}; the rest of the line is kept")
+    if not (record["text"] or record["image"]):
+        raise _LineError(f"{where}: the line holds no modality (give at least one of "
+                         f"{', '.join(SUPPORTED_MODALITIES)})")
+    record["source"] = ", ".join(sources) or where
+    return record
+
+
+def read_manifest(path: str | Path, test_fraction: float = 0.1, on_error: str = "skip",
+                  log=None) -> tuple[dict[str, list[dict]], list[str]]:
+    """Parse and check a manifest -> (split -> records, problems). A line that cannot be used
+    (not UTF-8, not JSON, no usable modality, a duplicate id) is skipped and listed in problems
+    with its file:line and reason, or raises ManifestError when on_error == "raise". A missing or
+    empty file drops that field of the line; unknown fields are ignored with a warning."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found")
-    root = path.parent
     splits: dict[str, list[dict]] = {}
+    problems: list[str] = []
     seen_ids = set()
-    for where, entry in json_lines(path, ManifestError):
-        number = int(where.rsplit(":", 1)[1])
-        unknown = set(entry) - KNOWN_FIELDS
-        if unknown:
-            raise ManifestError(f"{where}: unknown field(s) {', '.join(sorted(unknown))} "
-                                f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
-        later = [m for m in ("audio", "video", "smell") if m in entry]
-        if later:
-            log(f"{where}: field(s) {', '.join(later)} are not supported by this version yet; ignored")
-        if not any(m in entry for m in SUPPORTED_MODALITIES):
-            raise ManifestError(f"{where}: the line holds no modality (give at least one of "
-                                f"{', '.join(SUPPORTED_MODALITIES)})")
-        record_id = str(entry.get("id", f"line-{number}"))
-        if record_id in seen_ids:
-            raise ManifestError(f"{where}: duplicate id '{record_id}'")
-        seen_ids.add(record_id)
-        record = {"id": record_id, "label": str(entry.get("label", "")), "text": "", "image": b""}
-        sources = []
-        if "text" in entry:
-            if not isinstance(entry["text"], str):
-                raise ManifestError(f"{where}: 'text' must be a string")
-            record["text"] = entry["text"]
-        if "image" in entry:
-            image_path = root / entry["image"]
-            if not image_path.is_file():
-                raise ManifestError(f"{where}: image file {image_path} does not exist")
-            record["image"] = image_path.read_bytes()
-            sources.append(str(image_path))
-        record["source"] = ", ".join(sources) or where
-        split = entry.get("split") or stable_split(record_id, test_fraction)
+    for where, entry in json_lines(path, ManifestError, problems if on_error == "skip" else None):
+        try:
+            record = _record(where, entry, path.parent, log)
+            if record["id"] in seen_ids:
+                raise _LineError(f"{where}: duplicate id '{record['id']}'")
+        except _LineError as e:
+            if on_error == "raise":
+                raise ManifestError(str(e)) from None
+            problems.append(str(e))
+            continue
+        seen_ids.add(record["id"])
+        split = entry.get("split") or stable_split(record["id"], test_fraction)
         splits.setdefault(str(split), []).append(record)
+    for problem in problems:
+        log(f"skipped line: {problem}")
     if not splits:
-        raise ManifestError(f"{path}: the manifest has no records")
-    return splits
+        raise ManifestError(f"{path}: the manifest has no usable records")
+    return splits, problems
 
 
-def build(manifest: str | Path, out_dir: str | Path, test_fraction: float = 0.1) -> dict[str, int]:
-    splits = read_manifest(manifest, test_fraction)
+def build(manifest: str | Path, out_dir: str | Path, test_fraction: float = 0.1,
+          on_error: str = "skip") -> dict:
+    splits, problems = read_manifest(manifest, test_fraction, on_error)
     write_dataset(splits, out_dir)
-    return {split: len(records) for split, records in splits.items()}
+    return {"splits": {split: len(records) for split, records in splits.items()},
+            "skipped_lines": len(problems)}
