@@ -620,8 +620,6 @@ def periodic_evaluations(setup, params, config, assets, data_dir) -> dict[str, f
 
 def load_run(workdir: str | Path):
     """A finished (or running) workdir -> (config, setup, params, assets, step) of its newest checkpoint."""
-    import jax.numpy as jnp  # noqa: F401
-
     from omni import config as config_lib, parallel
     from omni.checkpoint import Checkpoints
     from omni.modalities.text import BPETokenizer

@@ -415,10 +415,9 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
         train_step = setup.compile_train_step()
         batch_shardings = setup.batch_shardings()
 
-    # ---- Evaluation set ------------------------------------------------------------------------
-    eval_source = None
-    if config.train.eval_every > 0 and config.eval.split in pipeline_splits(data_dir):
-        eval_source = open_split(data_dir, config.eval.split)
+    # ---- Periodic evaluation (on the held-out split, when the dataset has one) -------------------
+    evaluating = config.train.eval_every > 0 and config.eval.split in pipeline_splits(data_dir)
+    if evaluating:
         evaluate.eval_tasks(config)  # a typo in eval.tasks fails now, not at the first evaluation
 
     # ---- Train loop ------------------------------------------------------------------------------
@@ -460,7 +459,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
                     progress.update(done)
                 if done % config.train.checkpoint_every == 0 or done == config.train.steps:
                     checkpoints.save(done, state, saved_assets)
-                if eval_source is not None and (done % config.train.eval_every == 0 or done == config.train.steps):
+                if evaluating and (done % config.train.eval_every == 0 or done == config.train.steps):
                     results = evaluate.periodic_evaluations(setup, state["params"], config, assets, data_dir)
                     writer.write(done, results)
                     last.update(results)

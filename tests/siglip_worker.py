@@ -3,7 +3,6 @@ gathered batch, and its compiled program permutes chunks instead of all-gatherin
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 

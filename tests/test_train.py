@@ -1,7 +1,6 @@
 """End to end: a manifest of files written here -> dataset -> training whose loss falls -> eval
 commands; and kill -9 / SIGTERM -> resume continues exactly like an uninterrupted run."""
 import json
-import os
 import signal
 import subprocess
 import time
