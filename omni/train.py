@@ -382,6 +382,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     parallel.maybe_initialize_distributed()
     config_lib.validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
+    check_resume_compatible(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
         (workdir / "config.json").write_text(config_lib.to_json(config))
@@ -474,6 +475,34 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
         checkpoints.close()
         writer.close()
     return last
+
+
+# Sections that decide the shapes of the checkpointed state: they must not change on resume.
+SHAPE_SECTIONS = ("model", "modalities")
+
+
+def check_resume_compatible(config, workdir: Path) -> None:
+    """Resuming a workdir with a config of another shape would fail deep inside the restore;
+    say which key differs instead, before anything compiles."""
+    saved_path = workdir / "config.json"
+    if not saved_path.exists() or not (workdir / "checkpoints").exists():
+        return
+    saved = json.loads(saved_path.read_text())
+    current = json.loads(config_lib.to_json(config))
+
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    for section in SHAPE_SECTIONS:
+        old, new = flat(saved.get(section, {}), f"{section}."), flat(current.get(section, {}), f"{section}.")
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key) and not key.endswith(("dtype", "remat", "scan_layers", "attention")):
+                raise config_lib.ConfigError(
+                    f"{workdir} holds checkpoints of a run with {key}={old.get(key)!r}, but this config has "
+                    f"{key}={new.get(key)!r}; use another --workdir (or the same {key})")
 
 
 def pipeline_splits(data_dir) -> list[str]:

@@ -73,3 +73,15 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         "omni: config error: mesh 4x1x1 needs 4 devices but only 1 are present")
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_resuming_with_another_model_shape_is_refused(tmp_path):
+    """A workdir's checkpoints fix the model's shapes: a different width is one clear line, and
+    compute-only keys (dtype, remat) may change on resume."""
+    from omni.train import check_resume_compatible
+    from omni import config as config_lib
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "config.json").write_text(config_lib.to_json(load_config(None)))
+    check_resume_compatible(load_config(None, ["--config.model.dtype=bfloat16", "--config.train.steps=5"]), tmp_path)
+    with pytest.raises(ConfigError, match="model.width=128, but this config has model.width=256"):
+        check_resume_compatible(load_config(None, ["--config.model.width=256"]), tmp_path)
