@@ -191,9 +191,10 @@ def model_flops_per_step(config) -> float:
 
     Forward per layer, for a sequence of T tokens of width D, MLP width F = mlp_ratio*D:
       projections 2*T*(4*D^2) (q, k, v, out) + MLP 2*T*(2*D*F) + attention scores and mixing 2*2*T^2*D.
-    The step runs the transformer once per modality on its own tokens (unimodal pass) and once on
-    their concatenation (fused pass); plus the stems and heads: image patch projection (both
-    passes) and reconstruction head, text output layer (tied embedding), contrastive projections.
+    The step runs the transformer once per modality on its own tokens (unimodal pass, when the
+    contrastive loss is on) and once on their concatenation (fused pass, when a masked objective
+    is on); plus the stems and heads: image patch projection (in each pass) and reconstruction
+    head, text output layer (tied embedding), contrastive projections.
     """
     m = config.model
     width, hidden = m.width, m.width * m.mlp_ratio
@@ -203,13 +204,18 @@ def model_flops_per_step(config) -> float:
         per_layer = 2 * tokens * (4 * width ** 2 + 2 * width * hidden) + 4 * tokens ** 2 * width
         return m.depth * per_layer
 
-    forward = sum(transformer(t) for t in lengths.values()) + transformer(sum(lengths.values()))
-    if "text" in lengths:
-        forward += 2 * (lengths["text"] - 1) * width * config.modalities.text.vocab_size
-    if "image" in lengths:
-        patch_dim = config.modalities.image.patch ** 2 * 3
-        forward += 3 * 2 * (lengths["image"] - 1) * patch_dim * width
-    forward += 2 * len(lengths) * width * m.embed_dim
+    weights = {name: float(config.loss[name].weight) for name in config.loss}
+    contrastive = weights.get("contrastive", 0.0) > 0
+    masked = any(w > 0 for name, w in weights.items() if name != "contrastive")
+    forward = 0.0
+    patch_dim = config.modalities.image.patch ** 2 * 3 if "image" in lengths else 0
+    if contrastive:  # the unimodal pass, one per modality, and the projections
+        forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
+        forward += 2 * (lengths.get("image", 1) - 1) * patch_dim * width
+    if masked:  # the fused pass and the reconstruction heads
+        forward += transformer(sum(lengths.values()))
+        forward += 2 * (lengths.get("text", 1) - 1) * width * config.modalities.text.vocab_size
+        forward += 2 * 2 * (lengths.get("image", 1) - 1) * patch_dim * width
     return 3.0 * forward * config.train.batch_size
 
 
