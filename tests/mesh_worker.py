@@ -25,7 +25,9 @@ def run(steps: int, shape: str) -> dict:
     source = open_split(pipeline.resolve_data_dir(config), "train")
     assets = {"tokenizer": BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)}
     setup = build_setup(config, mesh)
-    state = setup.init_state()
+    # One program in flight at a time: XLA's CPU collectives between 8 virtual devices that share
+    # 2 cores can deadlock when two programs' device threads interleave.
+    state = jax.block_until_ready(setup.init_state())
     step_fn = setup.compile_train_step()
     shardings = setup.batch_shardings()
     batches = pipeline.training_batches(source, config, assets)
@@ -41,7 +43,7 @@ def run(steps: int, shape: str) -> dict:
                     for leaf in jax.tree.leaves((state["params"], state["opt_state"])))
                 memory = compiled.memory_analysis()
                 argument_bytes = getattr(memory, "argument_size_in_bytes", None)
-            state, metrics = step_fn(state, batch)
+            state, metrics = jax.block_until_ready(step_fn(state, batch))
             losses.append(float(metrics["loss"]))
     return {"losses": losses, "state_bytes_per_device": state_bytes,
             "compiled_argument_bytes": argument_bytes, "devices": jax.device_count()}

@@ -14,15 +14,24 @@ import pytest
 from tests.conftest import REPO, SMALL, omni_command
 
 # Eight virtual devices share 2 cores: under load a collective's participants can take longer
-# than XLA's default 40 s to meet, which is slowness, not a hang.
-PATIENT = " --xla_cpu_collective_call_terminate_timeout_seconds=600"
+# than XLA's default 40 s to meet. Rarely they never meet (an XLA CPU rendezvous deadlock between
+# virtual devices, seen here twice in about eight runs, not seen on the multi-process path);
+# such a run is retried once, with the same inputs and the same assertions.
+PATIENT = " --xla_cpu_collective_call_terminate_timeout_seconds=120"
 EIGHT = "--xla_force_host_platform_device_count=8" + PATIENT
+
+
+def run_retrying_deadlocks(command, env, attempts=2):
+    for _ in range(attempts):
+        out = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
+        if out.returncode == 0 or "rendezvous" not in out.stderr:
+            return out
+    return out
 
 
 def run_worker(module, *args, devices=8):
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}" + PATIENT)
-    out = subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                         timeout=600, env=env, cwd=REPO)
+    out = run_retrying_deadlocks([sys.executable, "-m", module, *args], env)
     errors = [line for line in out.stderr.splitlines() if line[:1] in "FE" and "Involuntary" not in line]
     assert out.returncode == 0, "\n".join(errors[-20:]) or out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -87,9 +96,8 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
                          env=dict(os.environ, XLA_FLAGS=PATIENT))
     assert out.returncode == 0, out.stderr[-3000:]
     one = tmp_path / "one_process"
-    out = subprocess.run(omni_command("train", "--workdir", str(one), *RUN, *mesh_args(2, 2, 2)),
-                         capture_output=True, text=True, timeout=600, cwd=REPO,
-                         env=dict(os.environ, XLA_FLAGS=EIGHT))
+    out = run_retrying_deadlocks(omni_command("train", "--workdir", str(one), *RUN, *mesh_args(2, 2, 2)),
+                                 env=dict(os.environ, XLA_FLAGS=EIGHT))
     assert out.returncode == 0, out.stderr[-3000:]
     assert_close(losses(two), losses(one), range(1, 5))
 
@@ -98,9 +106,8 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
     shutil.copytree(two, moved)
     shutil.rmtree(moved / "checkpoints" / "4")
     (moved / "metrics.jsonl").unlink()
-    out = subprocess.run(omni_command("train", "--workdir", str(moved), *RUN, *mesh_args(1, 4, 1)),
-                         capture_output=True, text=True, timeout=600, cwd=REPO,
-                         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4" + PATIENT))
+    out = run_retrying_deadlocks(omni_command("train", "--workdir", str(moved), *RUN, *mesh_args(1, 4, 1)),
+                                 env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4" + PATIENT))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from step 2" in out.stderr
     assert sorted(losses(moved)) == [3, 4]
