@@ -198,7 +198,6 @@ class ListSource:
         return self.records[i]
 
 
-_ListSource = ListSource  # the earlier private name
 
 
 # ==============================================================================================
