@@ -429,7 +429,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
 
     # ---- Train loop ------------------------------------------------------------------------------
     flops = model_flops_per_step(config)
-    peak = measure_peak_flops(config.model.dtype)
+    peak = measure_peak_flops(config.model.dtype) * jax.device_count()  # flops are for the global batch
     tokens = tokens_per_step(config)
     writer = MetricsWriter(workdir)
     progress = Progress(int(config.train.steps), start)
@@ -437,7 +437,6 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     skipped_examples = 0
     last = {}
     window_start, window_steps = time.perf_counter(), 0
-    step = start
     try:
         with jax.set_mesh(mesh):
             for step in range(start, int(config.train.steps)):
