@@ -1,8 +1,12 @@
 """What every modality provides, and the small named-parameter layers the stems share.
 
-A modality owns three things:
-  * host preprocessing: a raw record field (text, encoded image bytes, ...) -> fixed-shape numpy
-    arrays (`encode`), plus an all-zero stand-in when the modality is absent (`empty`);
+A modality owns four things:
+  * its manifest field (`prepare`, at `omni data build` time): the JSON value of a manifest line
+    -> the value stored in the record (text, a file's bytes, ...), checked so that an undecodable
+    file is reported there with its path and reason;
+  * host preprocessing: a stored record field -> fixed-shape numpy arrays (`encode`), plus an
+    all-zero stand-in when the modality is absent (`empty`), and optional run assets fitted on the
+    training split (`fit_asset`: the BPE vocabulary, an SVD basis) saved with every checkpoint;
   * a stem inside the model (`make_stem`): arrays -> token embeddings and a validity mask, its
     masking scheme for masked modelling, and its reconstruction loss;
   * config checks (`validate`).
@@ -64,6 +68,21 @@ def layer_norm(x, scale, bias, eps: float = 1e-6):
     return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
+def read_file_field(value, root, field: str) -> bytes:
+    """A manifest path field (relative to the manifest's folder `root`) -> the file's bytes;
+    ValueError naming the file when it is missing or empty."""
+    from pathlib import Path
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"'{field}' must be a file path (a non-empty string), got {value!r}")
+    path = Path(root) / value
+    if not path.is_file():
+        raise ValueError(f"{field} file {path} does not exist")
+    data = path.read_bytes()
+    if not data:
+        raise ValueError(f"{field} file {path} is empty")
+    return data
+
+
 class Modality:
     """Base class; subclasses set `name` and `objective` and implement the methods below."""
 
@@ -88,5 +107,16 @@ class Modality:
     def empty(self, config) -> dict[str, np.ndarray]:
         return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.array_spec(config).items()}
 
-    def make_stem(self, config, rngs: nnx.Rngs) -> nnx.Module:
+    def prepare(self, value, root) -> str | bytes:
+        """A manifest line's field (paths relative to the folder `root`) -> the stored record value.
+        Raise ValueError naming the file and what is wrong with it."""
+        raise NotImplementedError
+
+    def fit_asset(self, values, config) -> dict | None:
+        """A JSON-serialisable asset fitted on the stored values of the training split (an
+        iterable), or None when this modality needs none. It reaches `encode` as assets[name]."""
+        return None
+
+    def make_stem(self, config, rngs: nnx.Rngs, built: dict | None = None) -> nnx.Module:
+        """`built`: the stems made before this one (registry order), for sharing weights."""
         raise NotImplementedError

@@ -14,7 +14,7 @@ from flax import nnx
 from PIL import Image
 
 from omni import mup
-from omni.modalities.base import Dense, LayerNorm, Modality, param
+from omni.modalities.base import Dense, LayerNorm, Modality, param, read_file_field
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
 
@@ -128,8 +128,13 @@ class ImageModality(Modality):
         size = config.modalities.image.size
         return {"image/pixels": ((size, size, 3), np.uint8)}
 
+    def prepare(self, value, root):
+        data = read_file_field(value, root, "image")
+        load_image(data, 8)  # decodes, or raises ValueError with the reason
+        return data
+
     def encode(self, value, config, assets):
         return {"image/pixels": load_image(value, config.modalities.image.size)}
 
-    def make_stem(self, config, rngs):
+    def make_stem(self, config, rngs, built=None):
         return ImageStem(config, rngs)

@@ -135,10 +135,15 @@ class Text(Modality):
     def array_spec(self, config):
         return {"text/ids": ((config.modalities.text.max_len,), np.int32)}
 
+    def prepare(self, value, root):
+        if not isinstance(value, str) or not value:
+            raise ValueError("'text' must be a non-empty string")
+        return value
+
     def encode(self, value, config, assets):
         if not isinstance(value, str):
             raise ValueError(f"text must be a string, got {type(value).__name__}")
         return {"text/ids": encode_padded(assets["tokenizer"], value, config.modalities.text.max_len)}
 
-    def make_stem(self, config, rngs):
+    def make_stem(self, config, rngs, built=None):
         return TextStem(config, rngs)
