@@ -14,7 +14,8 @@ def get_config():
         steps=600, batch_size=64, seed=0,
         log_every=50, eval_every=300, checkpoint_every=300, keep_checkpoints=2,
         lr=2e-3, warmup_steps=60, min_lr_ratio=0.05, weight_decay=0.05, grad_clip=1.0,
-        b1=0.9, b2=0.98, max_bad_steps=0,
+        b1=0.9, b2=0.98,
+        max_bad_steps=10,  # stop after this many consecutive non-finite steps (0 = never)
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -30,10 +31,22 @@ def get_config():
     c.modalities = ml_collections.ConfigDict(dict(
         text=ml_collections.ConfigDict(dict(max_len=24, vocab_size=1024)),
         image=ml_collections.ConfigDict(dict(size=32, patch=8)),
+        # 16 kHz mono clips of clip_seconds; log-mel (Whisper recipe) on device; a token is
+        # patch_frames conv frames (conv stride 2), so tokens = clip frames / (2 * patch_frames).
+        audio=ml_collections.ConfigDict(dict(clip_seconds=1.28, n_mels=80, patch_frames=4)),
+        # num_frames frames per clip (PyAV), each size x size through the image patchifier.
+        video=ml_collections.ConfigDict(dict(size=16, patch=8, num_frames=4, strategy="keyframes")),
+        # a bag of compounds -> one vector (Morgan fingerprints summed by weight, SVD-reduced to
+        # svd_dim fitted on the training split; or 'receptors': Hallem & Carlson responses) -> tokens.
+        smell=ml_collections.ConfigDict(dict(representation="morgan", fingerprint_bits=2048, radius=2,
+                                             svd_dim=64, tokens=4)),
     ))
     c.loss = ml_collections.ConfigDict(dict(
         mlm=ml_collections.ConfigDict(dict(weight=0.5, mask_rate=0.15)),
         mim=ml_collections.ConfigDict(dict(weight=0.5, mask_ratio=0.75)),
+        mam=ml_collections.ConfigDict(dict(weight=0.5, mask_ratio=0.5, span=2)),  # masked audio (spans of tokens)
+        mvm=ml_collections.ConfigDict(dict(weight=0.5, mask_ratio=0.75)),         # masked video frame patches
+        msm=ml_collections.ConfigDict(dict(weight=0.5, mask_ratio=0.5)),          # masked smell
         mmm=ml_collections.ConfigDict(dict(weight=0.5)),
         contrastive=ml_collections.ConfigDict(dict(weight=1.0, kind="siglip")),
     ))

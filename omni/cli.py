@@ -170,6 +170,9 @@ def _train(args, overrides) -> int:
     except Preempted as e:
         print(f"omni: {e}", file=sys.stderr)
         return 0
+    except FloatingPointError as e:  # too many consecutive non-finite steps (train.max_bad_steps)
+        print(f"omni: {e}", file=sys.stderr)
+        return 3
     import jax
     if jax.process_index() == 0:
         summary = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("eval/")}

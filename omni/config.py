@@ -52,11 +52,15 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> m
 
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
-    """Apply one `--config.a.b=value`; the value is parsed to the type of the existing entry."""
+    """Apply one `--config.a.b=value`; the value is parsed to the type of the existing entry.
+    `--config.modalities=text,image` keeps only the named modalities of the config (in that order)."""
     text = override[2:] if override.startswith("--") else override
     if not text.startswith("config.") or "=" not in text:
         raise ConfigError(f"override '{override}' is not of the form --config.KEY=VALUE")
     dotted, raw = text[len("config."):].split("=", 1)
+    if dotted == "modalities":
+        _keep_modalities(config, raw)
+        return
     *parents, leaf = dotted.split(".")
     node = config
     for i, part in enumerate(parents):
@@ -72,6 +76,17 @@ def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
         raise ConfigError(f"config key '{dotted}': cannot use '{raw}' ({e})") from None
     with node.unlocked():
         node[leaf] = value
+
+
+def _keep_modalities(config, raw: str) -> None:
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    missing = [n for n in names if n not in config.modalities]
+    if not names or missing:
+        raise ConfigError(f"--config.modalities={raw}: name modalities of the config, comma-separated "
+                          f"(it has: {', '.join(config.modalities.keys())})")
+    kept = ml_collections.ConfigDict({n: config.modalities[n] for n in names})
+    with config.unlocked():
+        config.modalities = kept
 
 
 def _parse_like(raw: str, current):
@@ -146,8 +161,9 @@ def validate(config, num_devices: int) -> None:
     for name in config.loss:
         if name not in known_objectives:
             raise ConfigError(f"loss.{name}: unknown objective (known: {', '.join(sorted(known_objectives))})")
-    if not any(float(config.loss[name].weight) > 0 for name in config.loss):
-        raise ConfigError("every loss.<objective>.weight is zero: nothing would be trained")
+    if not registry.active_objectives(config):
+        raise ConfigError("every loss.<objective>.weight of the configured modalities "
+                          f"({', '.join(config.modalities.keys())}) is zero: nothing would be trained")
     if config.loss.contrastive.kind not in ("siglip", "infonce"):
         raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
     if config.model.dtype not in ("float32", "bfloat16"):

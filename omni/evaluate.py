@@ -68,16 +68,27 @@ def recall_at_k(similarity: np.ndarray, correct: np.ndarray, ks=RECALL_AT) -> di
 
 def embed_records(setup, params, source, config, assets, modality: str, max_examples=None):
     """Embeddings [N, E] of every record (in order) that holds `modality`, and those records."""
-    embed = _embed_fn(setup, modality)
+    return embed_all(setup, params, source, config, assets, [modality], max_examples)[modality]
+
+
+def embed_all(setup, params, source, config, assets, modalities, max_examples=None) -> dict:
+    """modality -> (embeddings [N, E], records holding it), all from ONE pass over the records
+    (each record is decoded once, however many modalities it holds)."""
+    embeds = {m: _embed_fn(setup, m) for m in modalities}
+    vectors = {m: [] for m in modalities}
+    kept = {m: [] for m in modalities}
     batch_size = int(config.eval.batch_size)
-    vectors, kept = [], []
     for batch, count, records in pipeline.eval_batches(source, config, assets, batch_size, max_examples):
-        z = embed(params, batch)[:count]
-        present = batch[f"{modality}/present"][:count]
-        vectors.append(z[present])
-        kept.extend(r for r, p in zip(records, present) if p)
+        for m in modalities:
+            present = batch[f"{m}/present"][:count]
+            if not present.any():
+                continue
+            z = embeds[m](params, batch)[:count]
+            vectors[m].append(z[present])
+            kept[m].extend(r for r, p in zip(records, present) if p)
     width = config.model.embed_dim
-    return (np.concatenate(vectors) if vectors else np.zeros((0, width), np.float32)), kept
+    return {m: (np.concatenate(vectors[m]) if vectors[m] else np.zeros((0, width), np.float32), kept[m])
+            for m in modalities}
 
 
 def _embed_fn(setup, modality):
@@ -99,8 +110,12 @@ def retrieval(setup, params, source, config, assets, query: str, target: str, ma
     since no model can tell identical inputs apart."""
     for name in (query, target):
         _check_modality(config, name)
-    zq, rq = embed_records(setup, params, source, config, assets, query, max_examples)
-    zt, rt = embed_records(setup, params, source, config, assets, target, max_examples)
+    embedded = embed_all(setup, params, source, config, assets, [query, target], max_examples)
+    return retrieval_scores(*embedded[query], *embedded[target], target)
+
+
+def retrieval_scores(zq, rq, zt, rt, target: str) -> dict:
+    """retrieval() on embeddings already computed: query (zq, records rq) -> target (zt, rt)."""
     target_ids = {r["id"] for r in rt}
     pairs = [i for i, r in enumerate(rq) if r["id"] in target_ids]
     index_of = {r["id"]: j for j, r in enumerate(rt)}
@@ -116,16 +131,20 @@ def retrieval(setup, params, source, config, assets, query: str, target: str, ma
 
 
 def retrieval_during_training(setup, params, source, config, assets) -> dict:
-    """image<->text (or every configured pair) R@K on the held-out split, as eval/... metrics."""
+    """R@K on the held-out split for every ordered pair of configured modalities that the split
+    holds together (e.g. image->text, audio->text, smell->text), as eval/... metrics."""
     names = list(config.modalities.keys())
+    embedded = embed_all(setup, params, source, config, assets, names, config.eval.max_examples)
     results = {}
     for a in names:
         for b in names:
-            if a != b:
-                metrics = retrieval(setup, params, source, config, assets, a, b, config.eval.max_examples)
-                for key, value in metrics.items():
-                    if key != "n":
-                        results[f"eval/retrieval/{a}->{b}/{key}"] = value
+            if a == b:
+                continue
+            metrics = retrieval_scores(*embedded[a], *embedded[b], b)
+            if metrics.pop("n") == 0:
+                continue
+            for key, value in metrics.items():
+                results[f"eval/retrieval/{a}->{b}/{key}"] = value
     return results
 
 
@@ -639,7 +658,8 @@ def load_run(workdir: str | Path):
     setup = build_setup(config, mesh)
     with jax.set_mesh(mesh):
         state = checkpoints.restore_state(step, setup.abstract_state)
-    assets = {"tokenizer": BPETokenizer.from_json(checkpoints.restore_assets(step)["tokenizer"])}
+    saved = checkpoints.restore_assets(step)
+    assets = {**saved, "tokenizer": BPETokenizer.from_json(saved["tokenizer"])}
     checkpoints.close()
     return config, setup, state["params"], assets, step
 

@@ -5,6 +5,7 @@
     weights.safetensors      every parameter, flat keys like "stems/text/tokens" (f32)
     config.json              the run's config, as the run wrote it
     tokenizer.json           the BPE tokenizer (HF `tokenizers` JSON) of the checkpoint
+    assets.json              the run's fitted modality assets (e.g. the smell SVD basis), JSON
     preprocessing.json       every host preprocessing constant, per modality: text max_len and
                              special token ids; image size, patch, pixel mean/std; and the exact
                              arrays each program takes (name, shape with "b" for the batch, dtype)
@@ -48,6 +49,7 @@ BUNDLE_FORMAT = "omni-bundle/1"
 WEIGHTS = "weights.safetensors"
 CONFIG = "config.json"
 TOKENIZER = "tokenizer.json"
+ASSETS = "assets.json"  # the same name as a workdir's (omni.train.ASSETS_FILE), for init_from
 PREPROCESSING = "preprocessing.json"
 METADATA = "bundle.json"
 MANIFEST = "manifest.json"
@@ -225,6 +227,8 @@ def export_bundle(workdir, out_dir, platforms=DEFAULT_PLATFORMS) -> dict:
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT, "step": str(step)})
         (tmp / CONFIG).write_bytes((workdir / "config.json").read_bytes())
         (tmp / TOKENIZER).write_text(assets["tokenizer"].to_json(), encoding="utf-8")
+        fitted = {k: v for k, v in assets.items() if k != "tokenizer"}
+        (tmp / ASSETS).write_text(json.dumps(fitted) + "\n", encoding="utf-8")
         (tmp / PREPROCESSING).write_text(json.dumps(preprocessing_constants(config), indent=2) + "\n")
         for serialized, description in programs.values():
             (tmp / description["file"]).write_bytes(serialized)
@@ -325,7 +329,11 @@ class Bundle:
 
         from omni.modalities import registry
         config = ml_collections.ConfigDict(self.config)
-        return registry.get(modality).encode(value, config, {"tokenizer": self.tokenizer()})
+        return registry.get(modality).encode(value, config, {"tokenizer": self.tokenizer(), **self.assets()})
+
+    def assets(self) -> dict:
+        """The fitted modality assets (bundles written before assets.json existed have none)."""
+        return json.loads(self.read_bytes(ASSETS)) if ASSETS in self.manifest["files"] else {}
 
 
 def _safe_name(name) -> bool:

@@ -99,11 +99,21 @@ class Transformer(nnx.Module):
         return x
 
 
+def build_stems(config, rngs) -> dict:
+    """Every configured modality's stem, made in registry order so that a stem may share weights
+    with one made before it (video frames reuse the image patchifier)."""
+    built = {}
+    for name in registry.MODALITIES:
+        if name in config.modalities:
+            built[name] = registry.get(name).make_stem(config, rngs, built=dict(built))
+    return {name: built[name] for name in config.modalities}
+
+
 class Omni(nnx.Module):
     def __init__(self, config, rngs: nnx.Rngs):
         width = config.model.width
         self.modality_names = tuple(config.modalities.keys())
-        self.stems = nnx.Dict({n: registry.get(n).make_stem(config, rngs) for n in self.modality_names})
+        self.stems = nnx.Dict(build_stems(config, rngs))
         count = len(self.modality_names)
         self.cls = param(rngs, (count, width), ("modality", "embed"))
         self.type_embed = param(rngs, (count, width), ("modality", "embed"))

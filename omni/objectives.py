@@ -139,11 +139,10 @@ def masked_losses(model, batch, rng, config):
 def total_loss(model, batch, rng, config):
     """Weighted sum of every enabled objective -> (loss, metrics). Zero-weight objectives are not
     computed at all, so they cost nothing."""
-    weights = {name: float(config.loss[name].weight) for name in config.loss}
+    weights = registry.active_objectives(config)
     metrics = {}
     total = 0.0
-    masked_names = set(registry.masked_objectives()) | {"mmm"}
-    if any(weights.get(n, 0.0) > 0 for n in masked_names):
+    if any(name != "contrastive" for name in weights):
         for name, loss in masked_losses(model, batch, rng, config).items():
             metrics[f"loss/{name}"] = loss
             total = total + weights.get(name, 0.0) * loss

@@ -33,6 +33,8 @@ from omni.model import Omni, count_params
 from omni.modalities import registry
 from omni.modalities.text import BPETokenizer
 
+ASSETS_FILE = "assets.json"  # fitted modality assets (JSON), in a workdir and in a bundle
+
 
 def log(message: str) -> None:
     if jax.process_index() == 0:
@@ -193,29 +195,29 @@ def model_flops_per_step(config) -> float:
       projections 2*T*(4*D^2) (q, k, v, out) + MLP 2*T*(2*D*F) + attention scores and mixing 2*2*T^2*D.
     The step runs the transformer once per modality on its own tokens (unimodal pass, when the
     contrastive loss is on) and once on their concatenation (fused pass, when a masked objective
-    is on); plus the stems and heads: image patch projection (in each pass) and reconstruction
-    head, text output layer (tied embedding), contrastive projections.
+    is on); plus each modality's stem (in every pass) and reconstruction head (`stem_flops`: e.g.
+    the image patch projection and pixel head, the text output layer), and the contrastive
+    projections.
     """
     m = config.model
     width, hidden = m.width, m.width * m.mlp_ratio
     lengths = {n: registry.get(n).num_tokens(config) + 1 for n in config.modalities}
+    stems = {n: registry.get(n).stem_flops(config) for n in config.modalities}
 
     def transformer(tokens):
         per_layer = 2 * tokens * (4 * width ** 2 + 2 * width * hidden) + 4 * tokens ** 2 * width
         return m.depth * per_layer
 
-    weights = {name: float(config.loss[name].weight) for name in config.loss}
-    contrastive = weights.get("contrastive", 0.0) > 0
-    masked = any(w > 0 for name, w in weights.items() if name != "contrastive")
+    weights = registry.active_objectives(config)
+    contrastive = "contrastive" in weights
+    masked = any(name != "contrastive" for name in weights)
     forward = 0.0
-    patch_dim = config.modalities.image.patch ** 2 * 3 if "image" in lengths else 0
     if contrastive:  # the unimodal pass, one per modality, and the projections
         forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
-        forward += 2 * (lengths.get("image", 1) - 1) * patch_dim * width
+        forward += sum(embed for embed, _ in stems.values())
     if masked:  # the fused pass and the reconstruction heads
         forward += transformer(sum(lengths.values()))
-        forward += 2 * (lengths.get("text", 1) - 1) * width * config.modalities.text.vocab_size
-        forward += 2 * 2 * (lengths.get("image", 1) - 1) * patch_dim * width
+        forward += sum(embed + head for embed, head in stems.values())
     return 3.0 * forward * config.train.batch_size
 
 
@@ -267,6 +269,42 @@ def load_or_train_tokenizer(config, workdir: Path, checkpoints: Checkpoints | No
     if jax.process_count() > 1:
         text = broadcast_text(text)
     return BPETokenizer.from_json(text)
+
+
+def load_or_fit_assets(config, workdir: Path, checkpoints: Checkpoints | None, source) -> tuple[dict, dict]:
+    """The run's assets -> (assets for the encoders, their JSON form saved with every checkpoint):
+    the tokenizer, plus each modality's fitted asset (e.g. the smell SVD basis). Like the
+    tokenizer, an asset comes from the newest checkpoint, else workdir/assets.json, else the
+    bundle named by init_from, else it is fitted on the training split by process 0 and broadcast."""
+    tokenizer = load_or_train_tokenizer(config, workdir, checkpoints, source)
+    fitted = _load_or_fit_modality_assets(config, workdir, checkpoints, source)
+    return {"tokenizer": tokenizer, **fitted}, {"tokenizer": tokenizer.to_json(), **fitted}
+
+
+def _load_or_fit_modality_assets(config, workdir, checkpoints, source) -> dict:
+    if checkpoints is not None and checkpoints.latest_step() is not None:
+        saved = checkpoints.restore_assets(checkpoints.latest_step())
+        return {k: v for k, v in saved.items() if k != "tokenizer"}
+    candidates = [workdir / ASSETS_FILE] + ([Path(config.init_from) / ASSETS_FILE] if config.init_from else [])
+    for path in candidates:
+        if path.exists():
+            return json.loads(path.read_text())
+    text = "{}"
+    if jax.process_index() == 0:
+        fitted = {}
+        for name in config.modalities:
+            values = (record.get(name) for record in (source[i] for i in range(len(source))))
+            asset = registry.get(name).fit_asset((v for v in values if v), config)
+            if asset is not None:
+                log(f"fitted the {name} asset on the training split")
+                fitted[name] = asset
+        text = json.dumps(fitted)
+        tmp = (workdir / ASSETS_FILE).with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, workdir / ASSETS_FILE)
+    if jax.process_count() > 1:
+        text = broadcast_text(text)
+    return json.loads(text)
 
 
 def broadcast_text(text: str) -> str:
@@ -399,9 +437,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     data_dir = pipeline.resolve_data_dir(config)
     source = open_split(data_dir, "train")
     checkpoints = Checkpoints(workdir / "checkpoints", keep=int(config.train.keep_checkpoints))
-    tokenizer = load_or_train_tokenizer(config, workdir, checkpoints, source)
-    assets = {"tokenizer": tokenizer}
-    saved_assets = {"tokenizer": tokenizer.to_json()}
+    assets, saved_assets = load_or_fit_assets(config, workdir, checkpoints, source)
 
     # ---- Model, optimizer, shardings; restore or initialise -----------------------------------
     setup = build_setup(config, mesh)
@@ -435,6 +471,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     progress = Progress(int(config.train.steps), start)
     batches = pipeline.training_batches(source, config, assets, start_step=start)
     skipped_examples = 0
+    bad_steps = BadStepWatch(config, start)
     last = {}
     window_start, window_steps = time.perf_counter(), 0
     try:
@@ -447,6 +484,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
                 batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
                          for k, v in local_batch.items()}
                 state, metrics = train_step(state, batch)
+                bad_steps.check(metrics, checkpoints)
                 window_steps += 1
                 done = step + 1
                 if done % config.train.log_every == 0 or done == config.train.steps:
@@ -460,7 +498,6 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
                     progress.update(done, loss=f"{last['loss']:.4f}", rate=f"{1 / elapsed:.2f}",
                                     mfu=f"{last['mfu']:.2f}")
                     window_start, window_steps = time.perf_counter(), 0
-                    _check_bad_steps(config, state, metrics)
                 else:
                     progress.update(done)
                 if done % config.train.checkpoint_every == 0 or done == config.train.steps:
@@ -515,11 +552,43 @@ def pipeline_splits(data_dir) -> list[str]:
     return split_names(data_dir)
 
 
-def _check_bad_steps(config, state, metrics) -> None:
-    limit = int(config.train.max_bad_steps)
-    bad = int(jax.device_get(state["bad_steps"]))
-    if limit and bad >= limit:
-        culprits = [k for k, v in metrics.items() if k.startswith("loss/") and not np.isfinite(v)]
-        raise FloatingPointError(
-            f"{bad} consecutive steps had a non-finite loss or gradient (non-finite: "
-            f"{', '.join(culprits) or 'gradients only'}); stopped without saving them")
+class BadStepWatch:
+    """Stops the run after train.max_bad_steps consecutive skipped (non-finite) steps, naming the
+    objectives (and so the modalities) whose loss was non-finite. It reads the flag of the step
+    dispatched BEFORE the current one, which has finished or is about to while the current one
+    is queued, so the check never stalls the device. 0 disables it. Skipped steps never touch the
+    weights, so every checkpoint holds finite weights."""
+
+    def __init__(self, config, start_step: int):
+        self.limit = int(config.train.max_bad_steps)
+        self.step = start_step  # the step whose metrics are pending
+        self.pending = None
+        self.streak = []
+
+    def check(self, metrics, checkpoints) -> None:
+        if not self.limit:
+            return
+        previous, self.pending = self.pending, metrics
+        self.step += 1
+        if previous is None:
+            return
+        if not int(previous["skipped"]):
+            self.streak = []
+            return
+        self.streak.append(self.step - 1)
+        culprits = [describe_loss(k) for k, v in jax.device_get(previous).items()
+                    if k.startswith("loss/") and not np.isfinite(v)]
+        log(f"step {self.step - 1}: non-finite {', '.join(culprits) or 'gradients'}; update skipped")
+        if len(self.streak) >= self.limit:
+            last = checkpoints.latest_step()
+            raise FloatingPointError(
+                f"steps {self.streak[0]}-{self.streak[-1]}: {len(self.streak)} consecutive steps had a non-finite "
+                f"loss or gradient (train.max_bad_steps={self.limit}; non-finite: {', '.join(culprits) or 'gradients only'}); "
+                f"stopped. The weights were not updated by those steps"
+                + (f"; the last checkpoint is step {last}" if last is not None else ""))
+
+
+def describe_loss(key: str) -> str:
+    """'loss/mam' -> 'loss/mam (audio)'; 'loss/contrastive/audio-text' stays as it is (it names them)."""
+    modality = registry.masked_objectives().get(key.split("/", 1)[1])
+    return f"{key} ({modality})" if modality else key

@@ -12,6 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 # A model small enough that a step compiles in seconds on 2 CPU cores.
 SMALL = [
+    "--config.modalities=text,image",
     "--config.model.width=32", "--config.model.depth=2", "--config.model.heads=2",
     "--config.model.embed_dim=32", "--config.train.batch_size=8",
     "--config.modalities.text.max_len=12", "--config.modalities.text.vocab_size=400",

@@ -120,9 +120,14 @@ RESUME_ARGS = SMALL + ["--config.train.steps=400", "--config.train.log_every=1",
                        "--config.train.checkpoint_every=5", "--config.train.keep_checkpoints=3"]
 
 
+def start_train(workdir, args):
+    """`omni train` in the background. Its stdout is not read while it runs: keep it quiet."""
+    return subprocess.Popen(omni_command("train", "--workdir", str(workdir), *args),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
 def start(workdir):
-    return subprocess.Popen(omni_command("train", "--workdir", str(workdir), *RESUME_ARGS),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_train(workdir, RESUME_ARGS)
 
 
 def wait_for(predicate, process, timeout=240):

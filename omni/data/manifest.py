@@ -1,9 +1,10 @@
 """`omni data build MANIFEST.jsonl --out DIR`: a user's own files -> the omni dataset format.
 
-Each line is a JSON object (interface.md): id, split, label, text, image (a path relative to the
-manifest's folder). Lines without `split` are assigned train/test by a stable hash of their id
+Each line is a JSON object (interface.md): id, split, label, text, image / audio / video (paths
+relative to the manifest's folder), smell ({"smiles": [...]} or {"names": [...]}, optional "weights"). Lines without `split` are assigned train/test by a stable hash of their id
 (or line), so rebuilding never moves an example between splits. File contents are stored as they
-are; decoding happens at load time, where a corrupt file is skipped and counted, not fatal.
+are, after a check that they decode; a file that does not (truncated, empty, wrong format, no video
+stream, an invalid SMILES) is dropped from its line with its path and reason.
 A line that cannot be used at all is skipped and reported with its file:line and reason
 (`--on-error raise` stops instead).
 """
@@ -15,9 +16,9 @@ import sys
 from pathlib import Path
 
 from omni.data.records import write_dataset
+from omni.modalities import registry
 
-KNOWN_FIELDS = {"id", "split", "label", "text", "image", "audio", "video", "smell"}
-SUPPORTED_MODALITIES = ("text", "image")
+KNOWN_FIELDS = {"id", "split", "label", *registry.MODALITIES}
 
 
 class ManifestError(ValueError):
@@ -57,39 +58,36 @@ class _LineError(Exception):
 
 
 def _record(where: str, entry: dict, root: Path, log) -> dict:
-    """One manifest object -> a record; raises _LineError when no usable modality is left."""
+    """One manifest object -> a record; raises _LineError when no usable modality is left. Each
+    modality's own `prepare` reads and checks its field (a file that cannot be decoded is
+    dropped from the line with its path and reason)."""
     unknown = set(entry) - KNOWN_FIELDS
     if unknown:
         log(f"{where}: unknown field(s) {', '.join(sorted(unknown))} ignored "
             f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
-    later = [m for m in ("audio", "video", "smell") if m in entry]
-    if later:
-        log(f"{where}: field(s) {', '.join(later)} are not supported by this version yet; ignored")
     number = where.rsplit(":", 1)[1]
-    record = {"id": str(entry.get("id", f"line-{number}")), "label": str(entry.get("label", "")),
-              "text": "", "image": b""}
+    record = {"id": str(entry.get("id", f"line-{number}")), "label": str(entry.get("label", ""))}
     sources, dropped = [], []
-    if "text" in entry:
-        if isinstance(entry["text"], str) and entry["text"]:
-            record["text"] = entry["text"]
-        else:
-            dropped.append("'text' must be a non-empty string")
-    if "image" in entry:
-        image_path = root / str(entry["image"])
-        if not image_path.is_file():
-            dropped.append(f"image file {image_path} does not exist")
-        elif image_path.stat().st_size == 0:
-            dropped.append(f"image file {image_path} is empty")
-        else:
-            record["image"] = image_path.read_bytes()
-            sources.append(str(image_path))
+    for name, modality in registry.MODALITIES.items():
+        if name not in entry:
+            continue
+        value = entry[name]
+        try:
+            record[name] = modality.prepare(value, root)
+        except ValueError as e:
+            what = f"{name} file {root / value}" if modality.file_field and isinstance(value, str) else name
+            dropped.append(f"{what}: {e}")
+            continue
+        if modality.file_field:
+            sources.append(str(root / value))
+    held = [name for name in registry.MODALITIES if name in record]
     if dropped:
-        if not (record["text"] or record["image"]):
+        if not held:
             raise _LineError(f"{where}: {'; '.join(dropped)}")
         log(f"{where}: {'; '.join(dropped)}; the rest of the line is kept")
-    if not (record["text"] or record["image"]):
+    if not held:
         raise _LineError(f"{where}: the line holds no modality (give at least one of "
-                         f"{', '.join(SUPPORTED_MODALITIES)})")
+                         f"{', '.join(registry.MODALITIES)})")
     record["source"] = ", ".join(sources) or where
     return record
 

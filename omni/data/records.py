@@ -1,8 +1,9 @@
 """The on-disk dataset format: a TFDS dataset in array_record files (no TensorFlow needed).
 
 Every record has the same fields, whatever modalities it holds (an empty value = absent):
-  id, label, source (where it came from, for error messages), text (UTF-8), image (the encoded
-  file's bytes, decoded on the host at load time so that a corrupt file is skipped, not fatal).
+  id, label, source (where it came from, for error messages), text (UTF-8), image, audio and video
+  (the encoded file's bytes, decoded on the host at load time), smell (JSON: {"smiles": [...],
+  "weights": [...]}). Each modality's `encode` turns its field into arrays; see omni/modalities.
 Read back with `open_split(DIR, split)`: random access by index, the input grain needs.
 """
 from __future__ import annotations
@@ -14,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-FIELDS = ("id", "label", "source", "text", "image")
-BYTES_FIELDS = ("image",)  # kept as bytes; every other field is decoded to str
+FIELDS = ("id", "label", "source", "text", "image", "audio", "video", "smell")
+BYTES_FIELDS = ("image", "audio", "video")  # kept as bytes; every other field is decoded to str
 
 
 @functools.cache  # TFDS registers builder classes by name: define ours once per process

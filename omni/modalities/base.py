@@ -70,16 +70,16 @@ def layer_norm(x, scale, bias, eps: float = 1e-6):
 
 def read_file_field(value, root, field: str) -> bytes:
     """A manifest path field (relative to the manifest's folder `root`) -> the file's bytes;
-    ValueError naming the file when it is missing or empty."""
+    ValueError saying what is wrong (the caller names the file) when it is missing or empty."""
     from pathlib import Path
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{field}' must be a file path (a non-empty string), got {value!r}")
     path = Path(root) / value
     if not path.is_file():
-        raise ValueError(f"{field} file {path} does not exist")
+        raise ValueError("does not exist")
     data = path.read_bytes()
     if not data:
-        raise ValueError(f"{field} file {path} is empty")
+        raise ValueError("is empty (0 bytes)")
     return data
 
 
@@ -88,6 +88,7 @@ class Modality:
 
     name: str = ""
     objective: str = ""  # the config.loss key of this modality's masked-modelling objective
+    file_field: bool = False  # its manifest field is a path to a file (image, audio, video)
 
     def validate(self, config) -> None:
         pass
@@ -106,6 +107,11 @@ class Modality:
 
     def empty(self, config) -> dict[str, np.ndarray]:
         return {k: np.zeros(shape, dtype) for k, (shape, dtype) in self.array_spec(config).items()}
+
+    def stem_flops(self, config) -> tuple[float, float]:
+        """Forward matmul FLOPs per example of (the stem's embedding, the reconstruction head),
+        for the analytic MFU (omni.train.model_flops_per_step)."""
+        return 0.0, 0.0
 
     def prepare(self, value, root) -> str | bytes:
         """A manifest line's field (paths relative to the folder `root`) -> the stored record value.

@@ -112,6 +112,7 @@ class ImageStem(nnx.Module):
 class ImageModality(Modality):
     name = "image"
     objective = "mim"
+    file_field = True
 
     def validate(self, config):
         from omni.config import ConfigError
@@ -127,6 +128,11 @@ class ImageModality(Modality):
     def array_spec(self, config):
         size = config.modalities.image.size
         return {"image/pixels": ((size, size, 3), np.uint8)}
+
+    def stem_flops(self, config):
+        patch_dim = config.modalities.image.patch ** 2 * 3
+        per_pass = 2 * self.num_tokens(config) * patch_dim * config.model.width
+        return per_pass, per_pass  # patch projection in, pixel head out
 
     def prepare(self, value, root):
         data = read_file_field(value, root, "image")

@@ -135,6 +135,10 @@ class Text(Modality):
     def array_spec(self, config):
         return {"text/ids": ((config.modalities.text.max_len,), np.int32)}
 
+    def stem_flops(self, config):
+        # embedding lookup is free; the head is the (tied) output layer over the vocabulary
+        return 0.0, 2 * self.num_tokens(config) * config.model.width * config.modalities.text.vocab_size
+
     def prepare(self, value, root):
         if not isinstance(value, str) or not value:
             raise ValueError("'text' must be a non-empty string")

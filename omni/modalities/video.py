@@ -1,0 +1,288 @@
+"""Video: a few frames per clip, decoded with PyAV (FFmpeg) on the host and resized/padded to the
+config's square resolution; in the model every frame goes through the image patchifier (the same
+weights as the image stem when the patch sizes match) with 2-D (row + column) plus temporal
+position embeddings, and masked video modelling in the MAE style (a fixed ratio of the clip's
+frame patches masked, per-patch normalised pixel targets, loss on masked patches only).
+
+Frame sampling (`modalities.video.strategy`):
+  * keyframes: only the stream's key frames are decoded (cheap: no inter-frame prediction), and
+    num_frames of them are picked evenly spread over the clip; a clip with fewer key frames gives
+    fewer frames, the rest padded and marked absent;
+  * uniform: the frames nearest num_frames times evenly spaced over the clip (decodes the clip up
+    to the last picked frame).
+A clip is read twice: once demuxed only (packet timestamps and key-frame flags, no decoding) to
+choose the frames, then decoded up to what was chosen, so a long clip never sits in memory whole.
+"""
+from __future__ import annotations
+
+import io
+
+import av
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from PIL import Image
+
+from omni import mup
+from omni.modalities.base import Dense, LayerNorm, Modality, param, read_file_field
+from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, normalized_patch_targets, patchify
+
+STRATEGIES = ("keyframes", "uniform")
+
+
+def _open(source):
+    """av container from bytes or a path."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise ValueError("cannot decode video: empty input")
+        return av.open(io.BytesIO(bytes(source)))
+    return av.open(str(source))
+
+
+def _video_stream(container):
+    if not container.streams.video:
+        raise ValueError("no video stream")
+    return container.streams.video[0]
+
+
+def _scan(source):
+    """Demux only: (pts or None, is_keyframe) of every video packet in file order, and a function
+    packet-or-frame key -> seconds. The key is the pts when every packet has one, else (raw
+    elementary streams carry no timestamps) the packet's ordinal, timed by the frame rate."""
+    with _open(source) as container:
+        stream = _video_stream(container)
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+        time_base = stream.time_base
+        rate = float(stream.guessed_rate or stream.average_rate or 25)
+    if not packets:
+        raise ValueError("no decodable frames in the video stream")
+    if all(pts is not None for pts, _ in packets):
+        return packets, True, lambda key: float(key * time_base)
+    return packets, False, lambda key: key / rate
+
+
+def spread(count: int, n: int) -> list[int]:
+    """n indices into range(count) evenly spread from the first to the last (all when n >= count;
+    the middle one when n == 1). Integer rounding, half up, so indices never collide."""
+    if n >= count:
+        return list(range(count))
+    if n == 1:
+        return [(count - 1) // 2]
+    return [(2 * i * (count - 1) + n - 1) // (2 * (n - 1)) for i in range(n)]
+
+
+def _decode_keyframes(source, num_frames, packets, has_pts, seconds):
+    key_ordinals = [i for i, (_, key) in enumerate(packets) if key]
+    if not key_ordinals:
+        raise ValueError("no key frames in the video stream")
+    chosen = [key_ordinals[j] for j in spread(len(key_ordinals), num_frames)]
+    wanted = set(chosen)
+    fallback = iter([seconds(packets[i][0] if has_pts else i) for i in chosen])
+    frames, times = [], []
+    with _open(source) as container:
+        stream = _video_stream(container)
+        # Decoders that honour it (H.264, MPEG-4 part 2) then do no work on non-key frames. VP9's
+        # ignores it, so the chosen key packets are also picked out before decoding.
+        stream.codec_context.skip_frame = "NONKEY"
+        ordinal = -1
+        for packet in container.demux(stream):
+            if packet.size:
+                ordinal += 1
+                if ordinal not in wanted:
+                    continue
+            # else: the empty end-of-stream packet, which flushes frames the decoder held back
+            for frame in packet.decode():
+                time = next(fallback, None)  # for streams without timestamps
+                frames.append(frame)
+                times.append(float(frame.pts * stream.time_base) if frame.pts is not None else time)
+    if not frames:
+        raise ValueError("no decodable key frames in the video stream")
+    return frames, times
+
+
+def _decode_uniform(source, num_frames, packets, has_pts, seconds):
+    # Presentation order is timestamp order (decode order differs when there are B-frames).
+    keys = sorted(pts for pts, _ in packets) if has_pts else list(range(len(packets)))
+    times = np.array([seconds(k) for k in keys])
+    if num_frames == 1:
+        targets = np.array([(times[0] + times[-1]) / 2])
+    else:
+        targets = np.linspace(times[0], times[-1], num_frames)
+    wanted = {keys[i] for i in _nearest(times, targets)}  # a set: a short clip gives no repeats
+    frames, stamps = [], []
+    with _open(source) as container:
+        stream = _video_stream(container)
+        for ordinal, frame in enumerate(container.decode(stream)):
+            key = frame.pts if has_pts else ordinal
+            if key in wanted:
+                frames.append(frame)
+                stamps.append(seconds(key))
+                if len(frames) == len(wanted):
+                    break  # nothing after the last picked frame needs decoding
+    if not frames:
+        raise ValueError("no decodable frames in the video stream")
+    return frames, stamps
+
+
+def _nearest(sorted_values, targets):
+    """Index of the value nearest each target (ties to the earlier one)."""
+    if len(sorted_values) == 1:
+        return np.zeros(len(targets), int)
+    right = np.clip(np.searchsorted(sorted_values, targets), 1, len(sorted_values) - 1)
+    left = right - 1
+    take_left = targets - sorted_values[left] <= sorted_values[right] - targets
+    return np.where(take_left, left, right)
+
+
+def sample_frames(source, num_frames: int, strategy: str = "keyframes"):
+    """num_frames frames of a clip (bytes or a path) -> (frames uint8 [T, H, W, 3] RGB, timestamps
+    in seconds float64 [T]) with T <= num_frames, in time order. ValueError with the reason when
+    it is not a decodable video."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown frame sampling strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    try:
+        scanned = _scan(source)
+        decode = _decode_keyframes if strategy == "keyframes" else _decode_uniform
+        frames, times = decode(source, num_frames, *scanned)
+        # A stream may change resolution midway; every frame takes the first one's.
+        width, height = frames[0].width, frames[0].height
+        rgb = np.stack([f.to_ndarray(format="rgb24", width=width, height=height) for f in frames])
+    except av.FFmpegError as e:  # FFmpeg's own errors: not a media file, truncated, corrupt
+        raise ValueError(f"cannot decode video: {e}") from None
+    return rgb, np.asarray(times, np.float64)
+
+
+def fit_square(frame: np.ndarray, size: int) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size, size, 3] as image.load_image does: the longer side resized to
+    `size` (aspect kept), padded with zeros at the bottom/right."""
+    img = Image.fromarray(frame)
+    scale = size / max(img.size)
+    new_w, new_h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
+    img = img.resize((new_w, new_h), Image.BILINEAR)
+    out = np.zeros((size, size, 3), np.uint8)
+    out[:new_h, :new_w] = np.asarray(img)
+    return out
+
+
+def load_video(data, config):
+    """A clip -> (frames uint8 [num_frames, size, size, 3], present bool [num_frames]); frames the
+    clip does not have (fewer key frames or frames than num_frames) are zeros, present False."""
+    cfg = config.modalities.video
+    frames, _ = sample_frames(data, cfg.num_frames, cfg.strategy)
+    out = np.zeros((cfg.num_frames, cfg.size, cfg.size, 3), np.uint8)
+    present = np.zeros(cfg.num_frames, bool)
+    for i, frame in enumerate(frames):
+        out[i] = fit_square(frame, cfg.size)
+        present[i] = True
+    return out, present
+
+
+class VideoStem(nnx.Module):
+    def __init__(self, config, rngs: nnx.Rngs, built: dict | None = None):
+        cfg = config.modalities.video
+        width = config.model.width
+        self.patch = cfg.patch
+        self.mask_ratio = float(config.loss.mvm.mask_ratio)
+        grid = cfg.size // cfg.patch
+        patch_dim = cfg.patch * cfg.patch * 3
+        image = (built or {}).get("image")
+        if image is not None and image.patch == cfg.patch:
+            # The same module object, so frames and images train one patchifier (NNX keeps a
+            # shared reference as one set of parameters).
+            self.proj = image.proj
+        else:
+            self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
+        self.rows = param(rngs, (grid, width), ("length", "embed"))
+        self.cols = param(rngs, (grid, width), ("length", "embed"))
+        self.time = param(rngs, (cfg.num_frames, width), ("length", "embed"))
+        self.mask_token = param(rngs, (width,), ("embed",))
+        self.head_norm = LayerNorm(rngs, width)
+        self.head = Dense(rngs, width, patch_dim, names=("embed", "patch"))
+        self.output_multiplier = mup.output_multiplier(config)
+
+    def _patches(self, inputs):
+        """[B, T, S, S, 3] uint8 -> [B, T * grid^2, p*p*3] in [0, 1]: frame by frame, each row-major."""
+        frames = inputs["video/frames"].astype(jnp.float32) / 255.0
+        batch, num_frames, size = frames.shape[:3]
+        patches = patchify(frames.reshape(batch * num_frames, size, size, 3), self.patch)
+        return patches.reshape(batch, -1, patches.shape[-1])
+
+    def _positions(self):
+        """[T * grid^2, width]: time + row + column, in the order of `_patches`."""
+        grid = self.rows.shape[0]
+        space = (self.rows[...][:, None, :] + self.cols[...][None, :, :]).reshape(grid * grid, -1)
+        return (self.time[...][:, None, :] + space[None]).reshape(-1, space.shape[-1])
+
+    def _valid(self, inputs):
+        """A patch is valid when its frame is present."""
+        present = inputs["video/frame_present"]
+        return jnp.repeat(present, self.rows.shape[0] ** 2, axis=1)
+
+    def embed(self, inputs, dtype):
+        patches = self._patches(inputs)
+        tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype) + self._positions()[None]
+        return tokens, self._valid(inputs)
+
+    def masked_embed(self, inputs, rng, dtype):
+        """Mask exactly round(mask_ratio * num_patches) patches per example (static count)."""
+        patches = self._patches(inputs)
+        batch, num = patches.shape[:2]
+        num_masked = int(round(self.mask_ratio * num))
+        rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
+        masked = rank < num_masked
+        tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype)
+        tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self._positions()[None]
+        target = normalized_patch_targets(patches)
+        return tokens, self._valid(inputs), target, masked.astype(jnp.float32)
+
+    def reconstruction_loss(self, hidden, target, dtype):
+        """Mean squared error per patch."""
+        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
+        return jnp.mean(jnp.square(prediction - target), axis=-1)
+
+
+class Video(Modality):
+    name = "video"
+    objective = "mvm"
+    file_field = True
+
+    def validate(self, config):
+        from omni.config import ConfigError
+        cfg = config.modalities.video
+        if cfg.size % cfg.patch:
+            raise ConfigError(f"modalities.video.size={cfg.size} is not divisible by modalities.video.patch={cfg.patch}")
+        if not 0.0 <= config.loss.mvm.mask_ratio < 1.0:
+            raise ConfigError(f"loss.mvm.mask_ratio={config.loss.mvm.mask_ratio} must be in [0, 1)")
+        if cfg.strategy not in STRATEGIES:
+            raise ConfigError(f"modalities.video.strategy='{cfg.strategy}' must be one of {', '.join(STRATEGIES)}")
+        if cfg.num_frames < 1:
+            raise ConfigError(f"modalities.video.num_frames={cfg.num_frames} must be >= 1")
+
+    def num_tokens(self, config):
+        cfg = config.modalities.video
+        return cfg.num_frames * (cfg.size // cfg.patch) ** 2
+
+    def array_spec(self, config):
+        cfg = config.modalities.video
+        return {"video/frames": ((cfg.num_frames, cfg.size, cfg.size, 3), np.uint8),
+                "video/frame_present": ((cfg.num_frames,), np.bool_)}
+
+    def stem_flops(self, config):
+        patch_dim = config.modalities.video.patch ** 2 * 3
+        per_pass = 2 * self.num_tokens(config) * patch_dim * config.model.width
+        return per_pass, per_pass  # patch projection in, pixel head out
+
+    def prepare(self, value, root):
+        data = read_file_field(value, root, "video")
+        sample_frames(data, 1, "keyframes")  # decodes one key frame, or raises ValueError with the reason
+        return data
+
+    def encode(self, value, config, assets):
+        frames, present = load_video(value, config)
+        return {"video/frames": frames, "video/frame_present": present}
+
+    def make_stem(self, config, rngs, built=None):
+        return VideoStem(config, rngs, built)
