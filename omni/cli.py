@@ -95,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("bundle")
     embed.add_argument("files", nargs="*", help="input files (for text: one text per file)")
     embed.add_argument("--modality", required=True)
-    embed.add_argument("--text", action="append", default=None, help="a text to embed (repeatable)")
+    embed.add_argument("--text", action="append", default=None, help="a text (or, for --modality smell, compounds separated by ';') to embed (repeatable)")
     embed.add_argument("--out", required=True, help="OUT.npy")
     return parser
 

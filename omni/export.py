@@ -475,14 +475,26 @@ def cli_export(workdir, out) -> dict:
     return export_bundle(workdir, out)
 
 
+def smell_input(spec: str) -> str:
+    """A smell given on the command line or in a file: the manifest's JSON object
+    ({"smiles": [...]} or {"names": [...]}, optional "weights"), or compounds (SMILES, names or
+    CAS numbers) separated by ';' (names may hold commas, as in 2,3-butanedione)."""
+    spec = spec.strip()
+    if spec.startswith("{"):
+        return spec
+    return json.dumps({"names": [c.strip() for c in spec.split(";") if c.strip()]})
+
+
 def cli_embed(bundle, modality: str, files=(), texts=(), out=None) -> dict:
     """`omni embed BUNDLE --modality M (FILE ... | --text "..." ...) --out OUT.npy` -> the JSON
-    printed on stdout. For text, each FILE holds one text (UTF-8, surrounding whitespace dropped)."""
+    printed on stdout. For text, each FILE holds one text (UTF-8, surrounding whitespace dropped);
+    for smell, each FILE or --text holds one smell (see `smell_input`); image, audio and video
+    FILEs are media files."""
     files, texts = list(files or []), list(texts or [])
     if bool(files) == bool(texts):
         raise ValueError("give either input FILEs or --text, not both and not neither")
-    if texts and modality != "text":
-        raise ValueError(f"--text only applies to --modality text, not '{modality}'")
+    if texts and modality not in ("text", "smell"):
+        raise ValueError(f"--text applies to --modality text (a caption) or smell (compounds), not '{modality}'")
     if out is None:
         raise ValueError("--out OUT.npy is required")
     for f in files:
@@ -491,6 +503,8 @@ def cli_embed(bundle, modality: str, files=(), texts=(), out=None) -> dict:
     opened = load_bundle(bundle)
     if modality == "text":
         inputs = texts or [Path(f).read_text(encoding="utf-8").strip() for f in files]
+    elif modality == "smell":
+        inputs = [smell_input(t) for t in texts or [Path(f).read_text(encoding="utf-8") for f in files]]
     else:
         inputs = [str(f) for f in files]
     vectors = embed_files(opened, modality, inputs)

@@ -11,14 +11,21 @@ os.environ.setdefault("OMNI_CACHE", str(Path(__file__).resolve().parent.parent /
 REPO = Path(__file__).resolve().parent.parent
 
 # A model small enough that a step compiles in seconds on 2 CPU cores.
-SMALL = [
-    "--config.modalities=text,image",
+MODEL_SMALL = [
     "--config.model.width=32", "--config.model.depth=2", "--config.model.heads=2",
     "--config.model.embed_dim=32", "--config.train.batch_size=8",
     "--config.modalities.text.max_len=12", "--config.modalities.text.vocab_size=400",
     "--config.modalities.image.size=16", "--config.modalities.image.patch=8",
     "--config.eval.batch_size=32", "--config.eval.max_examples=64",
     "--config.data.num_threads=1",
+]
+# Most tests need only text and images; SMALL_ALL keeps all five modalities, each tiny.
+SMALL = ["--config.modalities=text,image", *MODEL_SMALL]
+SMALL_ALL = [
+    *MODEL_SMALL,
+    "--config.modalities.audio.clip_seconds=0.32", "--config.modalities.audio.patch_frames=4",  # 4 tokens
+    "--config.modalities.video.num_frames=2",  # 2 frames x 4 patches
+    "--config.modalities.smell.svd_dim=16", "--config.modalities.smell.tokens=2",
 ]
 
 

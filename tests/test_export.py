@@ -1,5 +1,6 @@
-"""Export: a tiny run trained here -> a bundle -> `omni embed` in a fresh process gives the
-in-framework embeddings; a tampered bundle is refused; fine-tuning starts from the bundle's weights."""
+"""Export: a tiny run of all five modalities trained here -> a bundle -> `omni embed` in a fresh
+process gives the in-framework embeddings of text, images, audio, video and smells; a tampered
+bundle is refused; fine-tuning starts from the bundle's weights."""
 import json
 import shutil
 import subprocess
@@ -11,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO, small_config
+from tests.conftest import REPO, SMALL_ALL
+from tests.test_bad_inputs import mp4_bytes, write_wav
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220), "yellow": (230, 220, 30)}
 TEXTS = ["a red square", "a blue bar on black", "", "a yellow thing with ünïcode ✓",
@@ -40,27 +42,51 @@ def no_peak_flops_benchmark():
         yield
 
 
+SMELLS = ["CCOC(C)=O", "CCCCCCO", "CC(C)CCOC(C)=O", "CC(=O)O"]
+
+
+def write_media(folder: Path, count: int) -> tuple[list[Path], list[Path]]:
+    """count WAV tones (pitch by index) and count mp4 clips (a bar moving, speed by index)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wavs, clips = [], []
+    for i in range(count):
+        t = np.arange(8000) / 16000
+        wavs.append(folder / f"{i}.wav")
+        write_wav(wavs[-1], 0.3 * np.sin(2 * np.pi * (200 + 150 * (i % 4)) * t), 16000)
+        frames = np.zeros((6, 16, 16, 3), np.uint8)
+        for f in range(6):
+            column = (f * (1 + i % 3)) % 12
+            frames[f, :, column:column + 4] = list(COLORS.values())[i % 4]
+        clips.append(folder / f"{i}.mp4")
+        clips[-1].write_bytes(mp4_bytes(frames))
+    return wavs, clips
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    """A 10-step run on 24 image-caption pairs, exported."""
+    """A 10-step run on 24 examples holding text + image + audio + video + smell, exported."""
+    from omni.config import load_config
     from omni.data.manifest import build
     from omni.export import cli_export
     from omni.train import train
 
     root = tmp_path_factory.mktemp("export")
     images = write_images(root / "files" / "img", 24)
-    lines = [json.dumps({"id": f"x{i}", "text": f"a {list(COLORS)[i % 4]} square", "image": f"img/{p.name}"})
+    wavs, clips = write_media(root / "files" / "media", 24)
+    lines = [json.dumps({"id": f"x{i}", "text": f"a {list(COLORS)[i % 4]} square", "image": f"img/{p.name}",
+                         "audio": f"media/{wavs[i].name}", "video": f"media/{clips[i].name}",
+                         "smell": {"smiles": [SMELLS[i % 4], SMELLS[(i + 1) % 4]], "weights": [0.6, 0.4]}})
              for i, p in enumerate(images)]
     (root / "files" / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     data = root / "data"
     build(root / "files" / "manifest.jsonl", data)
-    config = small_config(f"--config.data.path={data}", "--config.train.steps=10", "--config.train.log_every=5",
-                          "--config.train.eval_every=0", "--config.train.checkpoint_every=10",
-                          "--config.train.warmup_steps=2")
+    config = load_config(None, SMALL_ALL + [
+        f"--config.data.path={data}", "--config.train.steps=10", "--config.train.log_every=5",
+        "--config.train.eval_every=0", "--config.train.checkpoint_every=10", "--config.train.warmup_steps=2"])
     workdir = root / "run"
     train(config, workdir)
     summary = cli_export(workdir, root / "bundle")
-    return root / "bundle", workdir, data, images, summary
+    return root / "bundle", workdir, data, (images, wavs, clips), summary
 
 
 def test_bundle_layout(bundle):
@@ -68,8 +94,9 @@ def test_bundle_layout(bundle):
 
     path, _, _, _, summary = bundle
     names = sorted(p.name for p in path.iterdir())
-    assert names == sorted(["weights.safetensors", "config.json", "tokenizer.json", "preprocessing.json",
-                            "bundle.json", "encoder_text.stablehlo", "encoder_image.stablehlo", "manifest.json"])
+    programs = [f"encoder_{m}.stablehlo" for m in ("text", "image", "audio", "video", "smell")]
+    assert names == sorted(["weights.safetensors", "config.json", "tokenizer.json", "assets.json",
+                            "preprocessing.json", "bundle.json", "manifest.json", *programs])
     assert summary["step"] == 10 and summary["platforms"] == ["cpu", "cuda"]
     manifest = json.loads((path / "manifest.json").read_text())
     assert sorted(manifest["files"]) == sorted(n for n in names if n != "manifest.json")
@@ -79,6 +106,9 @@ def test_bundle_layout(bundle):
     assert pre["text"]["max_len"] == 12 and pre["text"]["pad_id"] == 0
     assert pre["image"]["size"] == 16 and pre["image"]["patch"] == 8
     assert pre["image"]["pixel_mean"] == 0.5 and pre["image"]["pixel_std"] == 0.25
+    assert pre["audio"]["sample_rate"] == 16000 and pre["audio"]["inputs"]["audio/waveform"]["shape"] == ["b", 5120]
+    assert pre["video"]["num_frames"] == 2 and pre["smell"]["vector_dim"] == 16
+    assert len(json.loads((path / "assets.json").read_text())["smell"]["components"]) == 16
     exported = jax.export.deserialize(bytearray((path / "encoder_image.stablehlo").read_bytes()))
     assert exported.platforms == ("cpu", "cuda")
     assert str(exported.in_avals[-1].shape[0]) == "b" and exported.in_avals[-1].shape[1:] == (16, 16, 3)
@@ -87,10 +117,10 @@ def test_bundle_layout(bundle):
 EMBED_IN_FRESH_PROCESS = textwrap.dedent("""
     import json, sys
     from omni.export import cli_embed
-    bundle, out_text, out_image = sys.argv[1:4]
-    texts, images = json.loads(sys.argv[4]), sys.argv[5:]
-    results = [cli_embed(bundle, "text", texts=texts, out=out_text),
-               cli_embed(bundle, "image", files=images, out=out_image)]
+    bundle, out_dir, inputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    results = [cli_embed(bundle, "text", texts=inputs.pop("text"), out=f"{out_dir}/text.npy"),
+               cli_embed(bundle, "smell", texts=inputs.pop("smell"), out=f"{out_dir}/smell.npy")]
+    results += [cli_embed(bundle, m, files=files, out=f"{out_dir}/{m}.npy") for m, files in inputs.items()]
     loaded = [m for m in ("omni.train", "omni.model", "omni.objectives", "omni.evaluate") if m in sys.modules]
     print(json.dumps({"results": results, "training_modules_loaded": loaded}))
 """)
@@ -101,34 +131,40 @@ def test_embed_in_fresh_process_equals_framework(bundle, tmp_path):
 
     from omni.data.pipeline import ExampleEncoder, stack
     from omni.evaluate import load_run
+    from omni.modalities.smell import stored_smell
 
-    path, workdir, _, images, _ = bundle
-    images = images[:3] + [images[5]]  # 4 images, and 5 texts: the last chunk is padded to 8
-    run = subprocess.run([sys.executable, "-c", EMBED_IN_FRESH_PROCESS, str(path), str(tmp_path / "text.npy"),
-                          str(tmp_path / "image.npy"), json.dumps(TEXTS), *map(str, images)],
-                         capture_output=True, text=True, timeout=240, cwd=REPO)
+    path, workdir, _, (images, wavs, clips), _ = bundle
+    files = {"image": images[:3] + [images[5]], "audio": wavs[:3], "video": clips[:5]}  # chunks padded to 4, 4, 8
+    smells = ["ethyl acetate", "CCCCCCO; CC(=O)O", '{"smiles": ["CCOC(C)=O", "CC(=O)O"], "weights": [0.9, 0.1]}']
+    inputs = {"text": TEXTS, "smell": smells, **{m: list(map(str, f)) for m, f in files.items()}}
+    run = subprocess.run([sys.executable, "-c", EMBED_IN_FRESH_PROCESS, str(path), str(tmp_path), json.dumps(inputs)],
+                         capture_output=True, text=True, timeout=400, cwd=REPO)
     assert run.returncode == 0, run.stderr[-3000:]
     report = json.loads(run.stdout)
     assert report["training_modules_loaded"] == []
-    assert [r["shape"] for r in report["results"]] == [[5, 32], [4, 32]]
-    got = {"text": np.load(tmp_path / "text.npy"), "image": np.load(tmp_path / "image.npy")}
+    assert [r["shape"] for r in report["results"]] == [[5, 32], [3, 32], [4, 32], [3, 32], [5, 32]]
 
     config, setup, params, assets, _ = load_run(workdir)
     encode = ExampleEncoder(config, assets, train=False)
-    records = {"text": [{"text": t} for t in TEXTS], "image": [{"image": p.read_bytes()} for p in images]}
+    smell_records = [stored_smell(["CCOC(C)=O"]), stored_smell(["CCCCCCO", "CC(=O)O"]),
+                     stored_smell(["CCOC(C)=O", "CC(=O)O"], [0.9, 0.1])]
+    records = {"text": [{"text": t} for t in TEXTS], "smell": [{"smell": s} for s in smell_records],
+               **{m: [{m: p.read_bytes()} for p in f] for m, f in files.items()}}
     for modality, rows in records.items():
+        got = np.load(tmp_path / f"{modality}.npy")
         batch = stack([encode(r, i)[0] for i, r in enumerate(rows)])
         assert batch[f"{modality}/present"].all() or modality == "text"  # "" is an absent text
         expected = np.asarray(jax.device_get(setup.embed_fn(modality)(params, batch)))
-        assert got[modality].dtype == np.float32 and got[modality].shape == expected.shape
-        assert np.max(np.abs(got[modality] - expected)) <= 1e-5, modality
-        np.testing.assert_allclose(np.linalg.norm(got[modality], axis=1), 1.0, atol=1e-5)
+        assert got.dtype == np.float32 and got.shape == expected.shape
+        assert np.max(np.abs(got - expected)) <= 1e-5, modality
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(np.load(tmp_path / "smell.npy")[1], np.load(tmp_path / "smell.npy")[2])
 
 
 def test_chunked_and_padded_batches_agree(bundle):
     from omni.export import embed_files, load_bundle
 
-    path, _, _, images, _ = bundle
+    path, _, _, (images, _, _), _ = bundle
     opened = load_bundle(path)
     whole = embed_files(opened, "image", images[:7])
     chunked = embed_files(opened, "image", images[:7], batch_size=3)
@@ -136,16 +172,16 @@ def test_chunked_and_padded_batches_agree(bundle):
     assert np.max(np.abs(whole - chunked)) <= 1e-5
     assert embed_files(opened, "text", []).shape == (0, 32)
     with pytest.raises(ValueError, match="not in this bundle"):
-        embed_files(opened, "audio", ["x.wav"])
+        embed_files(opened, "sonar", ["x.ping"])
 
 
 def test_cli_embed_arguments(bundle, tmp_path):
     from omni.export import cli_embed
 
-    path, _, _, images, _ = bundle
+    path, _, _, (images, _, _), _ = bundle
     with pytest.raises(ValueError, match="not both and not neither"):
         cli_embed(path, "text", out=tmp_path / "z.npy")
-    with pytest.raises(ValueError, match="--text only applies"):
+    with pytest.raises(ValueError, match="--text applies to"):
         cli_embed(path, "image", texts=["hi"], out=tmp_path / "z.npy")
     with pytest.raises(FileNotFoundError, match="nope.png"):
         cli_embed(path, "image", files=[tmp_path / "nope.png"], out=tmp_path / "z.npy")

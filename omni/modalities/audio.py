@@ -309,6 +309,14 @@ class Audio(Modality):
         samples = round(config.modalities.audio.clip_seconds * SAMPLE_RATE)
         return {"audio/waveform": ((samples,), np.float32)}
 
+    def export_constants(self, config):
+        cfg = config.modalities.audio
+        return {"sample_rate": SAMPLE_RATE, "clip_seconds": float(cfg.clip_seconds), "n_fft": N_FFT, "hop": HOP,
+                "n_mels": int(cfg.n_mels), "patch_frames": int(cfg.patch_frames),
+                "recipe": "decode (WAV/FLAC/OGG/MP3); average the channels; resample to sample_rate; cut or "
+                          "zero-pad to round(clip_seconds * sample_rate) samples; float32 waveform into the "
+                          "program, which computes Whisper's log-mel spectrogram itself"}
+
     def stem_flops(self, config):
         cfg, width = config.modalities.audio, config.model.width
         frames, tokens = num_frames(config), num_audio_tokens(config)

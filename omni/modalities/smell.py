@@ -468,6 +468,15 @@ class Smell(Modality):
     def array_spec(self, config):
         return {"smell/vector": ((vector_dim(config),), np.float32)}
 
+    def export_constants(self, config):
+        cfg = config.modalities.smell
+        return {"representation": cfg.representation, "fingerprint_bits": int(cfg.fingerprint_bits),
+                "radius": int(cfg.radius), "svd_dim": int(cfg.svd_dim), "tokens": int(cfg.tokens),
+                "vector_dim": int(vector_dim(config)), "assets": "assets.json (key 'smell': the SVD basis)",
+                "recipe": "compounds -> canonical SMILES (RDKit; names via chemicals' PubChem tables); "
+                          "Morgan count fingerprints (or Hallem & Carlson receptor responses / 100) summed by "
+                          "weight; morgan: log1p, then (v - mean) @ components.T / scale when svd_dim > 0"}
+
     def stem_flops(self, config):
         cfg = config.modalities.smell
         group = -(-vector_dim(config) // cfg.tokens)

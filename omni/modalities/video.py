@@ -270,6 +270,14 @@ class Video(Modality):
         return {"video/frames": ((cfg.num_frames, cfg.size, cfg.size, 3), np.uint8),
                 "video/frame_present": ((cfg.num_frames,), np.bool_)}
 
+    def export_constants(self, config):
+        cfg = config.modalities.video
+        return {"size": int(cfg.size), "patch": int(cfg.patch), "num_frames": int(cfg.num_frames),
+                "strategy": cfg.strategy, "pixel_mean": float(PIXEL_MEAN), "pixel_std": float(PIXEL_STD),
+                "recipe": "sample_frames(file, num_frames, strategy) (PyAV); each frame resized like an image "
+                          "(longer side = size, aspect kept, padded bottom/right with 0); missing frames zero "
+                          "with video/frame_present false; uint8 frames into the program"}
+
     def stem_flops(self, config):
         patch_dim = config.modalities.video.patch ** 2 * 3
         per_pass = 2 * self.num_tokens(config) * patch_dim * config.model.width
