@@ -1,4 +1,5 @@
-"""~110M-parameter text + image model (ViT-B width, 12 layers, 32k BPE) for accelerators.
+"""~110M-parameter model of all five modalities (ViT-B width, 12 layers, 32k BPE) for accelerators:
+224 px images, 10 s audio clips (128 tokens), 8 key frames of 112 px video, smells in 8 tokens.
 
 Run:  omni train --config configs/base.py --workdir runs/base
 """
@@ -16,4 +17,7 @@ def get_config():
                         dtype="bfloat16", remat="dots"))
     c.modalities.text.update(dict(max_len=64, vocab_size=32768))
     c.modalities.image.update(dict(size=224, patch=16))
+    c.modalities.audio.update(dict(clip_seconds=10.24, patch_frames=4))
+    c.modalities.video.update(dict(size=112, patch=16, num_frames=8))
+    c.modalities.smell.update(dict(svd_dim=256, tokens=8))
     return c

@@ -11,7 +11,7 @@ from omni.config import load_config
 
 
 def get_config():
-    c = load_config(str(Path(__file__).with_name("tiny.py")))
+    c = load_config(str(Path(__file__).with_name("tiny.py")), ["--config.modalities=text,image"])
     c.name = "openclip_small"
     c.train.batch_size = 32
     c.model.update(dict(width=384, depth=6, heads=6, mlp_ratio=4, embed_dim=384))

@@ -40,8 +40,16 @@ def test_bad_overrides(override, message):
     (["--config.train.batch_size=10", "--config.mesh.data=4"], 4, "not divisible by the data-parallel size"),
     (["--config.mesh.data=16"], 8, "needs 16 devices but only 8"),
     (["--config.mesh.data=-1", "--config.mesh.fsdp=-1"], 8, "only one of"),
-    (["--config.loss.mlm.weight=0", "--config.loss.mim.weight=0", "--config.loss.mmm.weight=0",
-      "--config.loss.contrastive.weight=0"], 1, "every loss"),
+    ([f"--config.loss.{k}.weight=0" for k in ("mlm", "mim", "mam", "mvm", "msm", "mmm", "contrastive")], 1,
+     "every loss"),
+    # audio, video and smell objectives still weigh, but those modalities are not configured
+    (["--config.modalities=text,image", "--config.loss.mlm.weight=0", "--config.loss.mim.weight=0",
+      "--config.loss.mmm.weight=0", "--config.loss.contrastive.weight=0"], 1, r"every loss.*\(text, image\)"),
+    (["--config.modalities=text", "--config.loss.mlm.weight=0"], 1, "every loss"),  # one modality: no pairs
+    (["--config.modalities.audio.clip_seconds=0.01"], 1, "modalities.audio"),  # not one token of audio
+    (["--config.modalities.smell.tokens=0"], 1, "modalities.smell.tokens"),
+    (["--config.modalities.video.num_frames=0"], 1, "modalities.video.num_frames"),
+    (["--config.modalities.text.max_len=0"], 1, "modalities.text.max_len"),
     (["--config.model.heads=3"], 1, "not divisible by model.heads"),
     (["--config.modalities.image.patch=7"], 1, "modalities.image.size"),
     (["--config.loss.contrastive.kind=hinge"], 1, "siglip or infonce"),
@@ -59,6 +67,18 @@ def test_unknown_modality():
         config.modalities.smellovision = ml_collections.ConfigDict({"size": 1})
     with pytest.raises(ConfigError, match="modalities.smellovision: unknown modality"):
         validate(config, 1)
+
+
+def test_unknown_objective_and_modality_subset():
+    import ml_collections
+    config = load_config(None)
+    with config.unlocked():
+        config.loss.mxm = ml_collections.ConfigDict({"weight": 1.0})
+    with pytest.raises(ConfigError, match="loss.mxm: unknown objective"):
+        validate(config, 1)
+    with pytest.raises(ConfigError, match="modalities=text,sonar"):
+        load_config(None, ["--config.modalities=text,sonar"])
+    assert list(load_config(None, ["--config.modalities=smell,text"]).modalities) == ["smell", "text"]
 
 
 def test_mesh_minus_one_takes_the_rest():

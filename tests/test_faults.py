@@ -4,6 +4,7 @@ completed step: the resumed run's losses are bit-identical to an uninterrupted r
 import json
 import signal
 import subprocess
+from pathlib import Path
 
 import numpy as np
 
@@ -22,12 +23,28 @@ def saving_now(workdir) -> bool:
     return folder.exists() and any("tmp" in p.name for p in folder.iterdir())
 
 
+def assert_no_pickle(*folders):
+    """Loading must never execute code from data: no file of a workdir (checkpoints, assets) or of
+    the dataset is a pickle (protocol 2+ starts with 0x80 and the protocol number)."""
+    from omni.data.default import default_data_dir
+
+    checked = 0
+    for folder in (*folders, default_data_dir()):
+        for path in Path(folder).rglob("*"):
+            if path.is_file():
+                head = path.read_bytes()[:2]
+                assert not (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5), f"{path} is a pickle"
+                checked += 1
+    assert checked > 10
+
+
 def test_sigterm_twice_then_kill_during_save_then_resume_is_exact(tmp_path):
     reference = tmp_path / "reference"
     process = start_train(reference, ARGS)
     assert process.wait(timeout=600) == 0, process.stderr.read()[-2000:]
     expected = losses_by_step(reference)
     assert sorted(expected) == list(range(1, STEPS + 1))
+    assert_no_pickle(reference)
 
     run = tmp_path / "faulted"
     rng = np.random.default_rng(0)

@@ -26,7 +26,7 @@ from PIL import Image
 
 from omni.data.records import write_dataset
 
-VERSION = "v2"
+VERSION = "v3"
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (240, 220, 40),
     "white": (250, 250, 250), "black": (10, 10, 10), "purple": (140, 50, 170), "orange": (245, 140, 30),
@@ -40,9 +40,9 @@ PHRASINGS = [
     "a picture of the number {word} in {fg} ink on a {bg} square, placed {place}",
 ]
 TEXT_ONLY_SENTENCES = 1000
-SPOKEN_CAPTIONS = 600
+SPOKEN_CAPTIONS = 1200
 MOTION_CLIPS = 600
-SMELL_MIXTURES = 600
+SMELL_MIXTURES = 1200
 TEST_EVERY = 6
 
 
