@@ -53,7 +53,7 @@ def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> m
 
 def apply_override(config: ml_collections.ConfigDict, override: str) -> None:
     """Apply one `--config.a.b=value`; the value is parsed to the type of the existing entry.
-    `--config.modalities=text,image` keeps only the named modalities of the config (in that order)."""
+    `--config.modalities=text,image` keeps only the named modalities of the config."""
     text = override[2:] if override.startswith("--") else override
     if not text.startswith("config.") or "=" not in text:
         raise ConfigError(f"override '{override}' is not of the form --config.KEY=VALUE")

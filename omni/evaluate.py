@@ -122,12 +122,26 @@ def retrieval_scores(zq, rq, zt, rt, target: str) -> dict:
     rows = np.array(pairs, dtype=np.int64)
     cols = np.array([index_of[rq[i]["id"]] for i in pairs], dtype=np.int64)
     if len(rows) == 0:
-        return {**{f"R@{k}": 0.0 for k in RECALL_AT}, "n": 0}
+        return {**{f"R@{k}": 0.0 for k in RECALL_AT}, **{f"R@{k}_chance": 0.0 for k in RECALL_AT}, "n": 0}
     zq, zt = zq[rows], zt[cols]
     content_ids: dict = {}
     keys = np.array([content_ids.setdefault(rt[j].get(target), len(content_ids)) for j in cols])
     correct = keys[:, None] == keys[None, :]
-    return {**recall_at_k(zq @ zt.T, correct), "n": int(len(rows))}
+    return {**recall_at_k(zq @ zt.T, correct), **chance_recall(correct), "n": int(len(rows))}
+
+
+def chance_recall(correct: np.ndarray, ks=RECALL_AT) -> dict[str, float]:
+    """Expected R@K of a random ranking, R@K_chance: a query with c correct targets among N
+    misses all of them in its top K with probability C(N-c, K) / C(N, K)."""
+    n = correct.shape[1]
+    counts = correct.sum(axis=1)
+    out = {}
+    for k in ks:
+        miss = np.ones(len(counts))
+        for j in range(min(k, n)):  # C(N-c, K)/C(N, K) = prod_j (N-c-j)/(N-j)
+            miss *= np.clip(n - counts - j, 0, None) / (n - j)
+        out[f"R@{k}_chance"] = float(np.mean(1.0 - miss))
+    return out
 
 
 def retrieval_during_training(setup, params, source, config, assets) -> dict:

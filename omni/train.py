@@ -34,6 +34,7 @@ from omni.modalities import registry
 from omni.modalities.text import BPETokenizer
 
 ASSETS_FILE = "assets.json"  # fitted modality assets (JSON), in a workdir and in a bundle
+ASSET_FIT_RECORDS = 200_000
 
 
 def log(message: str) -> None:
@@ -293,7 +294,8 @@ def _load_or_fit_modality_assets(config, workdir, checkpoints, source) -> dict:
     if jax.process_index() == 0:
         fitted = {}
         for name in config.modalities:
-            values = (record.get(name) for record in (source[i] for i in range(len(source))))
+            # at most ASSET_FIT_RECORDS records: a basis needs a sample, not a web-scale pass
+            values = (source[i].get(name) for i in range(min(len(source), ASSET_FIT_RECORDS)))
             asset = registry.get(name).fit_asset((v for v in values if v), config)
             if asset is not None:
                 log(f"fitted the {name} asset on the training split")

@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from omni import evaluate
-from omni.evaluate import recall_at_k
+from omni.evaluate import chance_recall, recall_at_k
+
+
+def test_chance_recall_equals_the_average_over_every_ranking():
+    import itertools
+    correct = np.array([[1, 0, 0, 0, 0], [0, 1, 1, 0, 0], [1, 1, 1, 0, 1], [0, 0, 0, 1, 0]], bool)
+    rankings = list(itertools.permutations(range(5)))
+    for k in (1, 2, 3):
+        brute = np.mean([[correct[q, list(order[:k])].any() for order in rankings] for q in range(4)])
+        assert chance_recall(correct, ks=(k,))[f"R@{k}_chance"] == pytest.approx(brute)
 
 
 def test_recall_on_a_hand_made_matrix():

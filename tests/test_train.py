@@ -97,7 +97,8 @@ def test_eval_commands_print_json(trained_run):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
-    assert set(result) == {"R@1", "R@5", "R@10", "n"} and result["n"] >= 8
+    assert set(result) == {"R@1", "R@5", "R@10", "R@1_chance", "R@5_chance", "R@10_chance", "n"} and result["n"] >= 8
+    assert 1 / result["n"] <= result["R@1_chance"] < result["R@5_chance"]  # repeated captions all count
     assert 0 <= result["R@1"] <= result["R@5"] <= result["R@10"] <= 1
     # The same number the training loop logged for the final step.
     final = [r for r in read_metrics(workdir) if "eval/retrieval/image->text/R@1" in r][-1]

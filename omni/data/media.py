@@ -649,7 +649,10 @@ MIXTURE_WEIGHTS = {2: [(0.5, 0.5), (0.6, 0.4), (0.7, 0.3), (0.8, 0.2)],
 
 def mixture_records(count: int, seed: int = 0) -> list[dict]:
     """`count` bags of 2-3 distinct odorants with weights summing to 1, strongest first
-    (id mixture-<i>, label "mixture")."""
+    (id mixture-<i>, label "mixture"). The caption names the components' chemical families, in
+    order of strength ("mostly an ester, with an alcohol and a ketone"); their names are in
+    `source`. Families, unlike the names of unseen combinations, are something a model can read
+    off the molecules' substructures, and one caption fits many mixtures."""
     odorants = _odorants()
     records = []
     for i in range(count):
@@ -657,18 +660,16 @@ def mixture_records(count: int, seed: int = 0) -> list[dict]:
         size = int(rng.integers(2, 4))
         picks = rng.choice(len(odorants), size=size, replace=False)
         weights = list(MIXTURE_WEIGHTS[size][rng.integers(len(MIXTURE_WEIGHTS[size]))])
-        names = [odorants[p][1] for p in picks]
-        listed = " and ".join(names) if size == 2 else f"{names[0]}, {names[1]} and {names[2]}"
+        families = [_article(odorant_family(odorants[p][3])) for p in picks]
+        listed = " and ".join(families) if size == 2 else f"{families[0]}, {families[1]} and {families[2]}"
         if weights[0] > weights[1]:
-            rest = " and ".join(names[1:])
-            caption = [f"a mix of {listed}", f"mostly {names[0]}, with some {rest}",
-                       f"a blend smelling chiefly of {names[0]} and a little {rest}"][i % 3]
+            caption = f"mostly {families[0]}, with {' and '.join(families[1:])}"
         else:
-            caption = [f"a mix of {listed}", f"equal parts {listed}",
-                       f"a blend of {listed}"][i % 3]
+            caption = f"a mix of {listed}"
+        names = " + ".join(odorants[p][1] for p in picks)
         records.append({
             "id": f"mixture-{i}", "label": "mixture",
-            "source": "Hallem & Carlson 2006 odorants, CAS " + " + ".join(odorants[p][2] for p in picks),
+            "source": f"Hallem & Carlson 2006 odorants {names} (CAS " + " + ".join(odorants[p][2] for p in picks) + ")",
             "text": caption,
             "smell": json.dumps({"smiles": [odorants[p][3] for p in picks], "weights": weights}),
         })

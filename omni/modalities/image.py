@@ -52,7 +52,12 @@ def load_image(data: bytes | str, size: int) -> np.ndarray:
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         img = Image.alpha_composite(background, rgba)
-    img = img.convert("RGB")
+    return fit_square(img.convert("RGB"), size)
+
+
+def fit_square(img: Image.Image, size: int) -> np.ndarray:
+    """An RGB image -> uint8 [size, size, 3]: the longer side resized to `size` (aspect kept),
+    padded with zeros at the bottom/right. Video frames go through the same."""
     scale = size / max(img.size)
     new_w, new_h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
     img = img.resize((new_w, new_h), Image.BILINEAR)

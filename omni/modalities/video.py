@@ -26,6 +26,7 @@ from PIL import Image
 
 from omni import mup
 from omni.modalities.base import Dense, LayerNorm, Modality, param, read_file_field
+from omni.modalities import image
 from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, normalized_patch_targets, patchify
 
 STRATEGIES = ("keyframes", "uniform")
@@ -156,15 +157,8 @@ def sample_frames(source, num_frames: int, strategy: str = "keyframes"):
 
 
 def fit_square(frame: np.ndarray, size: int) -> np.ndarray:
-    """uint8 [H, W, 3] -> [size, size, 3] as image.load_image does: the longer side resized to
-    `size` (aspect kept), padded with zeros at the bottom/right."""
-    img = Image.fromarray(frame)
-    scale = size / max(img.size)
-    new_w, new_h = max(1, round(img.size[0] * scale)), max(1, round(img.size[1] * scale))
-    img = img.resize((new_w, new_h), Image.BILINEAR)
-    out = np.zeros((size, size, 3), np.uint8)
-    out[:new_h, :new_w] = np.asarray(img)
-    return out
+    """uint8 [H, W, 3] -> [size, size, 3], resized and padded exactly as images are."""
+    return image.fit_square(Image.fromarray(frame), size)
 
 
 def load_video(data, config):
@@ -188,11 +182,11 @@ class VideoStem(nnx.Module):
         self.mask_ratio = float(config.loss.mvm.mask_ratio)
         grid = cfg.size // cfg.patch
         patch_dim = cfg.patch * cfg.patch * 3
-        image = (built or {}).get("image")
-        if image is not None and image.patch == cfg.patch:
+        image_stem = (built or {}).get("image")
+        if image_stem is not None and image_stem.patch == cfg.patch:
             # The same module object, so frames and images train one patchifier (NNX keeps a
             # shared reference as one set of parameters).
-            self.proj = image.proj
+            self.proj = image_stem.proj
         else:
             self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
         self.rows = param(rngs, (grid, width), ("length", "embed"))
