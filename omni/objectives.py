@@ -148,9 +148,10 @@ def total_loss(model, batch, rng, config):
             total = total + weights.get(name, 0.0) * loss
     if weights.get("contrastive", 0.0) > 0:
         pairs = contrastive_losses(model, batch, config)
-        # Average over the pairs that have at least one valid row in this batch.
-        active = sum(has.astype(jnp.float32) for _, has in pairs.values())
-        contrastive = sum(loss for loss, _ in pairs.values()) / jnp.maximum(active, 1.0)
+        # Summed, not averaged: every pair is its own objective, so a fifth modality does not
+        # dilute the image-text signal (averaged over 4 pairs, audio- and smell-text did not learn
+        # in the default run). A pair with no valid row in this batch adds exactly zero.
+        contrastive = sum(loss for loss, _ in pairs.values())
         for pair, (loss, _) in pairs.items():
             metrics[f"loss/contrastive/{pair}"] = loss
         metrics["loss/contrastive"] = contrastive

@@ -345,7 +345,7 @@ def _principal_axes(features, dim: int, chunk: int = 512):
 
 def fit_svd(features, svd_dim: int, dim: int, chunk: int = 512) -> dict:
     """Truncated SVD of the feature vectors -> the asset {"mean", "components" [svd_dim, dim],
-    "scale", "examples"}. Axes with no variance (fewer examples than svd_dim) are zero rows, so
+    "scale" [svd_dim], "examples"}. Axes with no variance (fewer examples than svd_dim) are zero rows, so
     the projection is always svd_dim long (static shapes)."""
     count, mean, axes, energy = _principal_axes(features, dim, chunk)
     keep = int(np.sum(energy > 1e-10 * max(float(energy.max(initial=0.0)), 1e-30)))
@@ -355,15 +355,18 @@ def fit_svd(features, svd_dim: int, dim: int, chunk: int = 512) -> dict:
     signs = np.sign(axes[np.arange(keep), np.argmax(np.abs(axes), axis=1)])
     components = np.zeros((svd_dim, dim), np.float32)
     components[:keep] = axes * signs[:, None]
-    # One fixed scale (RMS of the kept training coordinates) so that the stem sees O(1) inputs.
-    rms = math.sqrt(float(energy[:keep].sum()) / (count * keep)) if keep else 0.0
-    scale = rms if rms > 1e-8 else 1.0
+    # Whitened: each coordinate divided by its training standard deviation. With one common
+    # scale the first axes (std ~3x the rest) dominate every token's direction, and the token
+    # LayerNorms then erase most of what the other axes say: training did not learn smell<->text.
+    scale = np.ones(svd_dim, np.float64)
+    scale[:keep] = np.sqrt(energy[:keep] / max(count, 1))
+    scale[scale < 1e-8] = 1.0
     return {"mean": mean.astype(np.float32).tolist(), "components": components.tolist(),
-            "scale": float(np.float32(scale)), "examples": int(count)}
+            "scale": scale.astype(np.float32).tolist(), "examples": int(count)}
 
 
 def project(features: np.ndarray, asset: dict, svd_dim: int) -> np.ndarray:
-    """(features - mean) @ components.T / scale, float32 [svd_dim]."""
+    """(features - mean) @ components.T / scale (per axis), float32 [svd_dim]."""
     mean = np.asarray(asset["mean"], np.float32)
     components = np.asarray(asset["components"], np.float32)
     if components.shape != (svd_dim, features.shape[0]) or mean.shape != features.shape:
@@ -371,7 +374,7 @@ def project(features: np.ndarray, asset: dict, svd_dim: int) -> np.ndarray:
             f"the smell SVD asset has components {components.shape} and mean {mean.shape}, but the "
             f"config needs ({svd_dim}, {features.shape[0]}): it was fitted under another smell config")
     centred = features.astype(np.float32) - mean
-    return (centred @ components.T / np.float32(asset["scale"])).astype(np.float32)
+    return (centred @ components.T / np.asarray(asset["scale"], np.float32)).astype(np.float32)
 
 
 # ==============================================================================================
