@@ -57,7 +57,7 @@ class _LineError(Exception):
     """One manifest line that cannot be used (skipped or fatal, per on_error)."""
 
 
-def _record(where: str, entry: dict, root: Path, log) -> dict:
+def _record(where: str, entry: dict, root: Path, log, strict: bool, dropped_files: list) -> dict:
     """One manifest object -> a record; raises _LineError when no usable modality is left. Each
     modality's own `prepare` reads and checks its field (a file that cannot be decoded is
     dropped from the line with its path and reason)."""
@@ -82,7 +82,8 @@ def _record(where: str, entry: dict, root: Path, log) -> dict:
             sources.append(str(root / value))
     held = [name for name in registry.MODALITIES if name in record]
     if dropped:
-        if not held:
+        dropped_files.extend(dropped)
+        if not held or strict:
             raise _LineError(f"{where}: {'; '.join(dropped)}")
         log(f"{where}: {'; '.join(dropped)}; the rest of the line is kept")
     if not held:
@@ -93,21 +94,23 @@ def _record(where: str, entry: dict, root: Path, log) -> dict:
 
 
 def read_manifest(path: str | Path, test_fraction: float = 0.1, on_error: str = "skip",
-                  log=None) -> tuple[dict[str, list[dict]], list[str]]:
-    """Parse and check a manifest -> (split -> records, problems). A line that cannot be used
-    (not UTF-8, not JSON, no usable modality, a duplicate id) is skipped and listed in problems
-    with its file:line and reason, or raises ManifestError when on_error == "raise". A missing or
-    empty file drops that field of the line; unknown fields are ignored with a warning."""
+                  log=None) -> tuple[dict[str, list[dict]], list[str], list[str]]:
+    """Parse and check a manifest -> (split -> records, skipped lines, dropped files). A line that
+    cannot be used (not UTF-8, not JSON, no usable modality, a duplicate id) is skipped and listed
+    with its file:line and reason; a file that is missing, empty or does not decode drops that
+    field of its line (listed with its path and reason). With on_error == "raise" either stops
+    the build with a ManifestError. Unknown fields are ignored with a warning."""
     log = log or (lambda msg: print(msg, file=sys.stderr))
     path = Path(path)
     if not path.exists():
         raise ManifestError(f"{path}: manifest not found")
     splits: dict[str, list[dict]] = {}
     problems: list[str] = []
+    dropped: list[str] = []
     seen_ids = set()
     for where, entry in json_lines(path, ManifestError, problems if on_error == "skip" else None):
         try:
-            record = _record(where, entry, path.parent, log)
+            record = _record(where, entry, path.parent, log, on_error == "raise", dropped)
             if record["id"] in seen_ids:
                 raise _LineError(f"{where}: duplicate id '{record['id']}'")
         except _LineError as e:
@@ -122,12 +125,12 @@ def read_manifest(path: str | Path, test_fraction: float = 0.1, on_error: str = 
         log(f"skipped line: {problem}")
     if not splits:
         raise ManifestError(f"{path}: the manifest has no usable records")
-    return splits, problems
+    return splits, problems, dropped
 
 
 def build(manifest: str | Path, out_dir: str | Path, test_fraction: float = 0.1,
           on_error: str = "skip") -> dict:
-    splits, problems = read_manifest(manifest, test_fraction, on_error)
+    splits, problems, dropped = read_manifest(manifest, test_fraction, on_error)
     write_dataset(splits, out_dir)
     return {"splits": {split: len(records) for split, records in splits.items()},
-            "skipped_lines": len(problems)}
+            "skipped_lines": len(problems), "dropped_files": len(dropped)}
