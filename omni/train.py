@@ -268,7 +268,7 @@ def load_or_train_tokenizer(config, workdir: Path, checkpoints: Checkpoints | No
         tmp.write_text(text)
         os.replace(tmp, path)
     if jax.process_count() > 1:
-        text = broadcast_text(text)
+        text = broadcast_text(text, "tokenizer")
     return BPETokenizer.from_json(text)
 
 
@@ -305,18 +305,34 @@ def _load_or_fit_modality_assets(config, workdir, checkpoints, source) -> dict:
         tmp.write_text(text)
         os.replace(tmp, workdir / ASSETS_FILE)
     if jax.process_count() > 1:
-        text = broadcast_text(text)
+        text = broadcast_text(text, "assets")
     return json.loads(text)
 
 
-def broadcast_text(text: str) -> str:
-    """Process 0's string, on every process."""
-    from jax.experimental import multihost_utils
-    data = np.frombuffer(text.encode(), np.uint8)
-    length = int(multihost_utils.broadcast_one_to_all(np.int64(len(data))))
-    padded = np.zeros(length, np.uint8)
-    padded[: len(data)] = data[:length]
-    return bytes(multihost_utils.broadcast_one_to_all(padded)).decode()
+def broadcast_text(text: str, key: str) -> str:
+    """Process 0's string, on every process, through the coordination service's key-value store:
+    the other processes wait as long as process 0 needs (training a tokenizer on a big corpus can
+    take minutes), where a collective would give up (XLA CPU's Gloo context after 30 s). Sent in
+    chunks below gRPC's message limit (an SVD basis is megabytes of JSON)."""
+    from jax._src import distributed  # the client jax.distributed.initialize made
+    client = distributed.global_state.client
+    if client is None:
+        raise RuntimeError("several processes but no jax.distributed client: call jax.distributed.initialize")
+    prefix = f"omni/broadcast/{key}"
+    if jax.process_index() == 0:
+        data = text.encode()
+        chunks = [data[i:i + BROADCAST_CHUNK] for i in range(0, len(data), BROADCAST_CHUNK)] or [b""]
+        for i, chunk in enumerate(chunks):
+            client.key_value_set_bytes(f"{prefix}/{i}", chunk)
+        client.key_value_set(f"{prefix}/count", str(len(chunks)))
+        return text
+    count = int(client.blocking_key_value_get(f"{prefix}/count", BROADCAST_TIMEOUT_MS))
+    return b"".join(client.blocking_key_value_get_bytes(f"{prefix}/{i}", BROADCAST_TIMEOUT_MS)
+                    for i in range(count)).decode()
+
+
+BROADCAST_CHUNK = 1 << 20
+BROADCAST_TIMEOUT_MS = 60 * 60 * 1000
 
 
 # ==============================================================================================

@@ -44,7 +44,7 @@ def test_bad_overrides(override, message):
      "every loss"),
     # audio, video and smell objectives still weigh, but those modalities are not configured
     (["--config.modalities=text,image", "--config.loss.mlm.weight=0", "--config.loss.mim.weight=0",
-      "--config.loss.mmm.weight=0", "--config.loss.contrastive.weight=0"], 1, r"every loss.*\(text, image\)"),
+      "--config.loss.mmm.weight=0", "--config.loss.contrastive.weight=0"], 1, r"every loss.*\(image, text\)"),
     (["--config.modalities=text", "--config.loss.mlm.weight=0"], 1, "every loss"),  # one modality: no pairs
     (["--config.modalities.audio.clip_seconds=0.01"], 1, "modalities.audio"),  # not one token of audio
     (["--config.modalities.smell.tokens=0"], 1, "modalities.smell.tokens"),

@@ -268,9 +268,11 @@ def test_finetuning_starts_from_the_bundle_weights(bundle, tmp_path):
     from omni.train import train
 
     path, _, data, _, _ = bundle
-    config = small_config(f"--config.data.path={data}", f"--config.init_from={path}", "--config.train.steps=1",
-                          "--config.train.lr=0.0", "--config.train.seed=7", "--config.train.eval_every=0",
-                          "--config.train.log_every=1", "--config.train.checkpoint_every=1")
+    from omni.config import load_config
+    config = load_config(None, SMALL_ALL + [
+        f"--config.data.path={data}", f"--config.init_from={path}", "--config.train.steps=1",
+        "--config.train.lr=0.0", "--config.train.seed=7", "--config.train.eval_every=0",
+        "--config.train.log_every=1", "--config.train.checkpoint_every=1"])
     workdir = tmp_path / "finetune"
     train(config, workdir)
     _, _, params, assets, step = load_run(workdir)
@@ -281,3 +283,4 @@ def test_finetuning_starts_from_the_bundle_weights(bundle, tmp_path):
     for key in expected:
         assert np.array_equal(got[key], expected[key]), key
     assert assets["tokenizer"].to_json() == (path / "tokenizer.json").read_text(encoding="utf-8")
+    assert assets["smell"] == json.loads((path / "assets.json").read_text())["smell"]  # the SVD basis too

@@ -43,8 +43,11 @@ def mesh_args(data, fsdp, tensor):
 
 @pytest.fixture(scope="module")
 def mesh_runs():
+    # Four virtual devices: with eight on these 2 cores the rendezvous deadlock above became the
+    # rule rather than the exception (twice in a row in one session). The siglip and
+    # multi-process tests below still use eight.
     runs = run_worker("tests.mesh_worker", "3", "1x1x1", devices=1)
-    runs.update(run_worker("tests.mesh_worker", "3", "8x1x1", "1x8x1", "2x2x2", "4x2x1"))
+    runs.update(run_worker("tests.mesh_worker", "3", "4x1x1", "1x4x1", "2x2x1", "2x1x2", devices=4))
     return runs
 
 
@@ -57,8 +60,8 @@ def test_same_losses_on_every_mesh(mesh_runs):
 
 
 def test_state_bytes_per_device_fall_as_one_over_fsdp(mesh_runs):
-    replicated = mesh_runs["8x1x1"]["compiled_argument_bytes"]
-    for shape, fsdp in (("4x2x1", 2), ("1x8x1", 8)):
+    replicated = mesh_runs["4x1x1"]["compiled_argument_bytes"]
+    for shape, fsdp in (("2x2x1", 2), ("1x4x1", 4)):
         ratio = mesh_runs[shape]["compiled_argument_bytes"] / replicated
         assert abs(ratio * fsdp - 1) <= 0.10, (shape, ratio)
 
