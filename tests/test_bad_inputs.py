@@ -119,7 +119,7 @@ def test_bad_inputs_are_skipped_and_reported_and_the_run_completes(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     built = json.loads(out.stdout)
-    assert built["skipped_lines"] == 8 and built["dropped_files"] == 8 + 4  # 4 unusable lines held a bad file
+    assert built["skipped_lines"] == 8 and built["dropped_fields"] == 8 + 4  # 4 unusable lines held a bad file
     assert built["splits"] == {"train": 4 + 7 + 8 + 1}
     reasons = {
         12: ("image file", "truncated.png", "cannot decode image"),

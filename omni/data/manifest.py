@@ -57,7 +57,7 @@ class _LineError(Exception):
     """One manifest line that cannot be used (skipped or fatal, per on_error)."""
 
 
-def _record(where: str, entry: dict, root: Path, log, strict: bool, dropped_files: list) -> dict:
+def _record(where: str, entry: dict, root: Path, log, strict: bool, dropped_fields: list) -> dict:
     """One manifest object -> a record; raises _LineError when no usable modality is left. Each
     modality's own `prepare` reads and checks its field (a file that cannot be decoded is
     dropped from the line with its path and reason)."""
@@ -82,7 +82,7 @@ def _record(where: str, entry: dict, root: Path, log, strict: bool, dropped_file
             sources.append(str(root / value))
     held = [name for name in registry.MODALITIES if name in record]
     if dropped:
-        dropped_files.extend(dropped)
+        dropped_fields.extend(dropped)
         if not held or strict:
             raise _LineError(f"{where}: {'; '.join(dropped)}")
         log(f"{where}: {'; '.join(dropped)}; the rest of the line is kept")
@@ -133,4 +133,4 @@ def build(manifest: str | Path, out_dir: str | Path, test_fraction: float = 0.1,
     splits, problems, dropped = read_manifest(manifest, test_fraction, on_error)
     write_dataset(splits, out_dir)
     return {"splits": {split: len(records) for split, records in splits.items()},
-            "skipped_lines": len(problems), "dropped_files": len(dropped)}
+            "skipped_lines": len(problems), "dropped_fields": len(dropped)}
