@@ -272,6 +272,7 @@ class Bundle:
         self.modalities = list(self.metadata["modalities"])
         self.embed_dim = int(self.metadata["embed_dim"])
         self._tokenizer = None
+        self._assets = None
         self._weights = None
         self._device_weights = None
         self._programs: dict = {}
@@ -332,8 +333,11 @@ class Bundle:
         return registry.get(modality).encode(value, config, {"tokenizer": self.tokenizer(), **self.assets()})
 
     def assets(self) -> dict:
-        """The fitted modality assets (bundles written before assets.json existed have none)."""
-        return json.loads(self.read_bytes(ASSETS)) if ASSETS in self.manifest["files"] else {}
+        """The fitted modality assets (bundles written before assets.json existed have none),
+        parsed once: an SVD basis is megabytes of JSON."""
+        if self._assets is None:
+            self._assets = json.loads(self.read_bytes(ASSETS)) if ASSETS in self.manifest["files"] else {}
+        return self._assets
 
 
 def _safe_name(name) -> bool:
