@@ -122,10 +122,10 @@ class Omni(nnx.Module):
         self.projections = nnx.Dict({
             n: Dense(rngs, width, config.model.embed_dim, names=("embed", "proj")) for n in self.modality_names})
         # Contrastive temperature t (logits scale exp(t)) and bias b, learned.
-        # SigLIP starts at t = log 10, b = -10; InfoNCE (CLIP) at t = log(1/0.07), no bias.
+        # SigLIP starts at t = log 10, InfoNCE (CLIP) at t = log(1/0.07) with no bias.
         siglip = config.loss.contrastive.kind == "siglip"
         self.logit_scale = param(rngs, (), (), init=math.log(10.0) if siglip else math.log(1 / 0.07))
-        self.logit_bias = param(rngs, (), (), init=-10.0 if siglip else 0.0)
+        self.logit_bias = param(rngs, (), (), init=siglip_initial_bias(config) if siglip else 0.0)
         self.dtype = jnp.dtype(config.model.dtype)
         self.output_multiplier = mup.output_multiplier(config)
 
@@ -162,6 +162,17 @@ class Omni(nnx.Module):
             out[name] = h[:, start + 1: start + length]
             start += length
         return out
+
+
+def siglip_initial_bias(config) -> float:
+    """b = -log(batch size): the prior log-odds that a pair is a positive (1 pair in B per row).
+    SigLIP's b = -10 is this prior at its 32k batch (log 32768 = 10.4). At a small batch, b = -10
+    starts positives at a loss of ~10 and negatives at ~0, and Adam moves a scalar by at most ~lr
+    per step, so b is still about -10 after a short run (-9.94 after the default 600 steps): the
+    cheapest way left to raise the positives' logits is to pull every embedding together. Smell
+    and its captions did exactly that (smell->text R@1 0.000 in the default run); from b = -log 64
+    they learned (0.132, chance 0.008; `omni train`, README)."""
+    return -math.log(max(int(config.train.batch_size), 2))
 
 
 def count_params(params) -> int:

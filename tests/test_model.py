@@ -115,3 +115,18 @@ def test_scan_and_loop_layers_agree():
     loop_model = Omni(loop_config, nnx.Rngs(params=0))
     batch = make_batch(config, 4, [True] * 8, [True] * 8)
     np.testing.assert_allclose(scan_model.embed("image", batch), loop_model.embed("image", batch), rtol=1e-5, atol=1e-6)
+
+
+def test_siglip_bias_starts_at_the_batch_prior(setup):
+    """b0 = -log B: with zero similarity a pair's sigmoid is 1/(B+1), about the 1-in-B share of
+    positives; at SigLIP's 32k batch it is the paper's -10 (to within 0.5)."""
+    import copy
+    import math
+    from omni.model import siglip_initial_bias
+    config, _, params = setup
+    batch = config.train.batch_size
+    assert float(params["logit_bias"]) == pytest.approx(-math.log(batch))
+    assert jax.nn.sigmoid(float(params["logit_bias"])) == pytest.approx(1 / (batch + 1))
+    big = copy.deepcopy(config)
+    big.train.batch_size = 32768
+    assert abs(siglip_initial_bias(big) - (-10.0)) < 0.5
