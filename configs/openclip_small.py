@@ -14,7 +14,9 @@ def get_config():
     c = load_config(str(Path(__file__).with_name("tiny.py")), ["--config.modalities=text,image"])
     c.name = "openclip_small"
     c.train.batch_size = 32
-    c.model.update(dict(width=384, depth=6, heads=6, mlp_ratio=4, embed_dim=384))
+    # Layers unrolled, not scanned: at 6 layers compile time is no issue, and XLA CPU ran the
+    # bf16 step in 1.56 s unrolled against 2.20 s as a scan (f32: 2.95 s against 3.02 s).
+    c.model.update(dict(width=384, depth=6, heads=6, mlp_ratio=4, embed_dim=384, scan_layers=False))
     c.modalities.text.update(dict(max_len=64, vocab_size=49408))
     c.modalities.image.update(dict(size=128, patch=16))
     for masked in ("mlm", "mim", "mmm"):
