@@ -81,11 +81,9 @@ class Transformer(nnx.Module):
                 attended = jax.nn.dot_product_attention(
                     q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=scale).astype(jnp.float32)
             else:
-                # Standard backward here: XLA CPU has no BF16 x BF16 = F32 kernel for these
-                # batched layouts' backward products ("Unsupported element type for DotThunk").
-                logits = matmul(q, k, dtype, "bqhk,bthk->bhqt", low_precision_backward=False) * scale + bias
+                logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
                 weights = jax.nn.softmax(logits, axis=-1)
-                attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk", low_precision_backward=False)
+                attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
             h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
             y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
             y = jax.nn.gelu(matmul(y, p["w_in"], dtype, "btd,df->btf") + p["b_in"])

@@ -37,19 +37,29 @@ def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float = "normal", sca
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
-def matmul(x, w, dtype, spec: str, low_precision_backward: bool = True):
+def matmul(x, w, dtype, spec: str):
     """einsum in the compute dtype, accumulating in f32 (bf16 inputs use AMX / tensor cores).
-    On CPU the f32 result is also what XLA emits fastest, and with low_precision_backward the
-    backward products are bf16 x bf16 -> f32 as well (below). On accelerators a bf16 result halves
-    the memory traffic of every activation (the accumulation inside stays f32), and the
-    cotangents are then bf16 anyway."""
+    On CPU the f32 result is also what XLA emits fastest, and the backward products of a matmul
+    with a weight are bf16 x bf16 -> f32 as well (below). On accelerators a bf16 result halves the
+    memory traffic of every activation (the accumulation inside stays f32), and the cotangents are
+    then bf16 anyway."""
     if dtype == jnp.float32:
         return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
     if jax.default_backend() != "cpu":
         return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=dtype)
-    if low_precision_backward:
+    if not _is_batched(spec):
         return _bf16_matmul_f32_out(x, w, spec, jnp.dtype(dtype), x.dtype, w.dtype)
+    # Batched products (attention's q.k and weights.v, the smell stem's per-group projection):
+    # XLA CPU has no BF16 x BF16 = F32 kernel for their backward layouts ("Unsupported element
+    # type for DotThunk"), so these keep JAX's own backward.
     return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _is_batched(spec: str) -> bool:
+    """Does an index appear in both operands and the result (a batch dimension of the product)?"""
+    inputs, out = spec.replace("...", "").split("->")
+    x_spec, w_spec = inputs.split(",")
+    return bool(set(x_spec) & set(w_spec) & set(out))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
