@@ -78,7 +78,8 @@ def embed_all(setup, params, source, config, assets, modalities, max_examples=No
     vectors = {m: [] for m in modalities}
     kept = {m: [] for m in modalities}
     batch_size = int(config.eval.batch_size)
-    for batch, count, records in pipeline.eval_batches(source, config, assets, batch_size, max_examples):
+    for batch, count, records in pipeline.eval_batches(source, config, assets, batch_size, max_examples,
+                                                       modalities=modalities):
         for m in modalities:
             present = batch[f"{m}/present"][:count]
             if not present.any():

@@ -191,3 +191,21 @@ def test_flatten_keeps_scores_only():
     assert evaluate.flatten("eval/x", result) == {
         "eval/x/accuracy/all": 0.5, "eval/x/accuracy/without_text": 0.25, "eval/x/drop/text": 0.25,
         "eval/x/val_accuracy": 1.0}
+
+
+def test_eval_batches_decode_only_the_modalities_asked_for():
+    """Evaluating text alone must not decode (or fail on) another modality's field."""
+    from omni.config import load_config
+    from omni.data import pipeline
+    from omni.modalities.text import BPETokenizer
+    from tests.conftest import SMALL_ALL
+    config = load_config(None, SMALL_ALL)
+    assets = {"tokenizer": BPETokenizer.train(["a dog barks", "a cat"], 300)}
+    source = [{"id": "0", "text": "a dog barks", "audio": b"not audio at all"}, {"id": "1", "text": "a cat"}]
+    batch, count, _ = next(pipeline.eval_batches(source, config, assets, 4, modalities=["text"]))
+    assert count == 2 and set(batch) == {"text/ids", "text/present"}
+    assert batch["text/present"].tolist() == [True, True, False, False]
+    # All modalities: the audio field is decoded, fails, and is skipped as absent.
+    batch, _, _ = next(pipeline.eval_batches(source, config, assets, 4))
+    assert any(k.startswith("audio/") and k != "audio/present" for k in batch)
+    assert not batch["audio/present"].any()

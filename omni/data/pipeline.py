@@ -35,11 +35,13 @@ class ExampleEncoder:
     """One record -> the arrays of every configured modality + presence bits, and a list of
     problems (path and reason) for the fields that had to be skipped."""
 
-    def __init__(self, config, assets: dict, train: bool):
+    def __init__(self, config, assets: dict, train: bool, modalities=None):
+        """modalities: the ones to decode (default: every configured one); others are left out
+        of the arrays, so evaluating image<->text does not decode audio or video."""
         self.config = config
         self.assets = assets
         self.train = train
-        self.names = list(config.modalities.keys())
+        self.names = list(modalities) if modalities is not None else list(config.modalities.keys())
 
     def __call__(self, record: dict, position: int) -> tuple[dict, list[str]]:
         arrays, problems, present = {}, [], {}
@@ -124,10 +126,11 @@ def training_batches(source, config, assets, start_step: int = 0):
     return iter(dataset.to_iter_dataset(options))
 
 
-def eval_batches(source, config, assets, batch_size: int, max_examples: int | None = None):
+def eval_batches(source, config, assets, batch_size: int, max_examples: int | None = None, modalities=None):
     """Fixed-shape batches over the first max_examples records in order; the last batch is padded
-    with absent examples. Yields (batch, number of real rows, records of those rows)."""
-    encode = ExampleEncoder(config, assets, train=False)
+    with absent examples. Yields (batch, number of real rows, records of those rows). Only
+    `modalities` (default: all configured) are decoded and present in the batch."""
+    encode = ExampleEncoder(config, assets, train=False, modalities=modalities)
     count = len(source) if not max_examples else min(len(source), int(max_examples))
     for start in range(0, count, batch_size):
         records = [source[i] for i in range(start, min(start + batch_size, count))]
