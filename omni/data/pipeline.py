@@ -32,7 +32,7 @@ def resolve_data_dir(config) -> Path:
 
 
 class ExampleEncoder:
-    """One record -> the arrays of every configured modality + presence bits, and a list of
+    """One record -> the arrays of every configured modality (or of those asked for) + presence bits, and a list of
     problems (path and reason) for the fields that had to be skipped."""
 
     def __init__(self, config, assets: dict, train: bool, modalities=None):
