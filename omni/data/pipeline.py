@@ -32,8 +32,8 @@ def resolve_data_dir(config) -> Path:
 
 
 class ExampleEncoder:
-    """One record -> the arrays of every configured modality (or of those asked for) + presence bits, and a list of
-    problems (path and reason) for the fields that had to be skipped."""
+    """One record -> the arrays of every configured modality (or of those asked for) + presence
+    bits, and a list of problems (path and reason) for the fields that had to be skipped."""
 
     def __init__(self, config, assets: dict, train: bool, modalities=None):
         """modalities: the ones to decode (default: every configured one); others are left out
