@@ -49,16 +49,22 @@ def matmul(x, w, dtype, spec: str):
         return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=dtype)
     if not _is_batched(spec):
         return _bf16_matmul_f32_out(x, w, spec, jnp.dtype(dtype), x.dtype, w.dtype)
-    # Batched products (attention's q.k and weights.v, the smell stem's per-group projection):
-    # XLA CPU has no BF16 x BF16 = F32 kernel for their backward layouts ("Unsupported element
-    # type for DotThunk"), so these keep JAX's own backward.
+    # Batched products (attention's q.k and weights.v): XLA CPU has no BF16 x BF16 = F32 kernel
+    # for their backward layouts ("Unsupported element type for DotThunk"), so these keep JAX's
+    # own backward. (The smell stem's per-group product fails even so, and stays f32.)
     return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+def _split_spec(spec: str) -> tuple[str, str, str]:
+    """'x,w->out' -> (x, w, out)."""
+    inputs, out = spec.split("->")
+    x_spec, w_spec = inputs.split(",")
+    return x_spec, w_spec, out
 
 
 def _is_batched(spec: str) -> bool:
     """Does an index appear in both operands and the result (a batch dimension of the product)?"""
-    inputs, out = spec.replace("...", "").split("->")
-    x_spec, w_spec = inputs.split(",")
+    x_spec, w_spec, out = _split_spec(spec.replace("...", ""))
     return bool(set(x_spec) & set(w_spec) & set(out))
 
 
@@ -78,8 +84,7 @@ def _bf16_matmul_fwd(x, w, spec, dtype, x_dtype, w_dtype):
 
 def _bf16_matmul_bwd(spec, dtype, x_dtype, w_dtype, operands, cotangent):
     x, w = operands
-    inputs, out = spec.split("->")
-    x_spec, w_spec = inputs.split(",")
+    x_spec, w_spec, out = _split_spec(spec)
     g = cotangent.astype(dtype)
     dx = jnp.einsum(f"{out},{w_spec}->{x_spec}", g, w, preferred_element_type=jnp.float32)
     dw = jnp.einsum(f"{x_spec},{out}->{w_spec}", x, g, preferred_element_type=jnp.float32)
