@@ -22,6 +22,7 @@ def get_config():
     c.model = ml_collections.ConfigDict(dict(
         width=128, depth=4, heads=4, mlp_ratio=4, embed_dim=128,
         dtype="float32",       # compute dtype of matmuls; parameters stay f32
+        residual_dtype="float32",  # dtype of the residual stream between layers (bfloat16 halves its traffic)
         remat="none",          # none | full | dots
         attention="einsum",    # einsum (written out) | fused (jax.nn.dot_product_attention: cuDNN on GPU)
         scan_layers=True,

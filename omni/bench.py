@@ -100,8 +100,10 @@ def _synthetic_batch(config, setup):
     return batch
 
 
-def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, synthetic: bool = False) -> dict:
-    """Time `steps` train steps after `warmup`; peak FLOP/s from a matmul in this same process."""
+def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, synthetic: bool = False,
+          profile_dir: str | None = None) -> dict:
+    """Time `steps` train steps after `warmup`; peak FLOP/s from a matmul in this same process.
+    With profile_dir, 2 more steps run under jax.profiler (after the timing, which it would skew)."""
     mesh, setup = _setup(config)
     state = setup.init_state()
     if synthetic:
@@ -121,6 +123,11 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
             state, metrics = compiled(state, batch)
         jax.block_until_ready(state)
         step_s = (time.perf_counter() - started) / steps
+        if profile_dir:
+            with jax.profiler.trace(profile_dir):
+                for _ in range(2):
+                    state, metrics = compiled(state, batch)
+                jax.block_until_ready(state)
     peak = measure_peak_flops(config.model.dtype)
     flops = model_flops_per_step(config)
     compiled_flops = _compiled_flops(compiled)

@@ -86,6 +86,8 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--pipeline-batches", type=int, default=0,
                        help="also time this many batches of the input pipeline alone")
     bench.add_argument("--synthetic", action="store_true", help="random inputs instead of the configured data")
+    bench.add_argument("--profile", default=None, metavar="DIR",
+                       help="after timing, trace 2 more steps with jax.profiler into DIR (TensorBoard / XProf)")
 
     export = commands.add_parser("export", help="write a portable bundle from a run's newest checkpoint")
     export.add_argument("--workdir", required=True)
@@ -194,7 +196,7 @@ def _plan_or_bench(args, overrides) -> int:
         result = bench.plan(config)
     else:
         result = bench.bench(config, steps=args.steps, pipeline_batches=args.pipeline_batches,
-                             synthetic=args.synthetic)
+                             synthetic=args.synthetic, profile_dir=args.profile)
     print(json.dumps(result))
     return 0
 

@@ -168,6 +168,8 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
     if config.model.dtype not in ("float32", "bfloat16"):
         raise ConfigError(f"model.dtype='{config.model.dtype}': use float32 or bfloat16")
+    if config.model.get("residual_dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.residual_dtype='{config.model.residual_dtype}': use float32 or bfloat16")
     if config.model.remat not in ("none", "full", "dots"):
         raise ConfigError(f"model.remat='{config.model.remat}': use none, full or dots")
     if config.model.parametrization not in ("sp", "mup"):

@@ -15,6 +15,7 @@ does not grow with depth; `model.remat` picks what the backward pass recomputes.
 from __future__ import annotations
 
 import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -56,6 +57,9 @@ class Transformer(nnx.Module):
         self.w_out = param(rngs, (depth, hidden, width), ("layers", "mlp", "embed"), scale=out_scale)
         self.b_out = param(rngs, (depth, width), ("layers", "embed"), init="zeros")
         self.dtype = jnp.dtype(m.dtype)
+        # bf16 halves the bytes of the residual adds and layer norms, which are memory-bound on
+        # accelerators; layer norm still computes its statistics in f32.
+        self.residual_dtype = jnp.dtype(m.get("residual_dtype", "float32"))
         self.remat = m.remat
         self.scan_layers = m.scan_layers
         self.attention = m.attention
@@ -66,7 +70,7 @@ class Transformer(nnx.Module):
         layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
         bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
         mask = key_valid[:, None, None, :]
-        dtype = self.dtype
+        dtype, residual_dtype = self.dtype, self.residual_dtype
         attention = self.attention
         scale = self.attention_scale
 
@@ -77,9 +81,7 @@ class Transformer(nnx.Module):
             k = matmul(y, p["wk"], dtype, "btd,dhk->bthk")
             v = matmul(y, p["wv"], dtype, "btd,dhk->bthk")
             if attention == "fused":
-                # cuDNN flash attention on GPU where it applies, XLA's own elsewhere.
-                attended = jax.nn.dot_product_attention(
-                    q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=scale).astype(jnp.float32)
+                attended = fused_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), mask, scale)
             else:
                 logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
                 weights = jax.nn.softmax(logits, axis=-1)
@@ -87,16 +89,29 @@ class Transformer(nnx.Module):
             h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
             y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
             y = jax.nn.gelu(matmul(y, p["w_in"], dtype, "btd,df->btf") + p["b_in"])
-            return h + matmul(y, p["w_out"], dtype, "btf,fd->btd") + p["b_out"]
+            return (h + matmul(y, p["w_out"], dtype, "btf,fd->btd") + p["b_out"]).astype(residual_dtype)
 
         if self.remat != "none":
             block = jax.checkpoint(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
+        x = x.astype(residual_dtype)
         if self.scan_layers:
             x, _ = jax.lax.scan(lambda h, p: (block(h, p), None), x, layers)
         else:
             for i in range(self.ln1_scale.shape[0]):
                 x = block(x, jax.tree.map(lambda a: a[i], layers))
-        return x
+        return x.astype(jnp.float32)
+
+
+def fused_attention(q, k, v, mask, scale):
+    """jax.nn.dot_product_attention: cuDNN's fused kernel on GPU (JAX's default implementation is
+    XLA's, which writes the [B, heads, T, T] scores to memory), XLA's elsewhere or where cuDNN
+    turns the shapes down at trace time (with a warning)."""
+    if jax.default_backend() == "gpu":
+        try:
+            return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale, implementation="cudnn")
+        except (ValueError, NotImplementedError, RuntimeError) as e:
+            warnings.warn(f"cuDNN attention is not available here ({e}); using XLA's", stacklevel=2)
+    return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale)
 
 
 def build_stems(config, rngs) -> dict:

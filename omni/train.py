@@ -222,13 +222,14 @@ def model_flops_per_step(config) -> float:
     return 3.0 * forward * config.train.batch_size
 
 
-def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 5) -> float:
-    """FLOP/s of a large matmul in the compute dtype (bf16 inputs accumulate in f32), best of N.
+def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10) -> float:
+    """FLOP/s of a large matmul in the compute dtype (bf16 inputs accumulate in f32), best of N,
+    on random operands (constant ones or zeros can run faster on a GPU than real data does).
     2048^3 saturates a CPU; accelerators need 8192^3 to reach their peak."""
     size = size or (2048 if jax.devices()[0].platform == "cpu" else 8192)
     dt = jnp.dtype(dtype)
-    a = jnp.ones((size, size), dt)
-    b = jnp.ones((size, size), dt)
+    a = jax.random.normal(jax.random.key(1), (size, size), dt)
+    b = jax.random.normal(jax.random.key(2), (size, size), dt)
     f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
     f(a, b).block_until_ready()
     best = math.inf

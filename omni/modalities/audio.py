@@ -19,9 +19,7 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import librosa
 import numpy as np
-import soundfile
 from flax import nnx
 
 from omni import mup
@@ -41,6 +39,7 @@ def load_audio(data: bytes | str, clip_seconds: float) -> np.ndarray:
     """Decode (bytes or a path), mix to mono, resample to 16 kHz, cut or zero-pad to the clip.
     -> float32 [round(clip_seconds * 16000)]. ValueError (with the reason) for undecodable,
     truncated or empty data, zero-length audio and NaN/inf samples; silence is valid."""
+    import librosa  # imported where used: a run without audio (a text+image GPU bench) needs none
     samples = round(clip_seconds * SAMPLE_RATE)
     audio, rate = _checked(*_decode(data, clip_seconds))
     mono = audio.mean(axis=1, dtype=np.float32)
@@ -69,6 +68,7 @@ def _decode(data, clip_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """-> (float32 [frames, channels], sample rate): soundfile (libsndfile: WAV, FLAC, OGG, MP3, ...),
     else librosa/audioread for what libsndfile cannot read. With clip_seconds, only the start of
     the file that the clip needs is decoded (plus a margin for the resampler): long files stay cheap."""
+    import soundfile
     is_path = isinstance(data, (str, os.PathLike))
     if not is_path and len(data) == 0:
         raise ValueError("cannot decode audio: no data (0 bytes)")
@@ -101,6 +101,7 @@ def _check_wav_length(log: str) -> None:
 
 def _decode_fallback(data, is_path: bool, clip_seconds: float | None, reason: str) -> tuple[np.ndarray, int]:
     """librosa.load via audioread (ffmpeg, gstreamer, ... where installed) on a temporary file."""
+    import librosa
     duration = None if clip_seconds is None else clip_seconds + 0.1
     try:
         with warnings.catch_warnings():  # librosa warns that soundfile failed: we know
@@ -123,6 +124,7 @@ def _decode_fallback(data, is_path: bool, clip_seconds: float | None, reason: st
 @functools.lru_cache(maxsize=None)
 def mel_filters(n_mels: int = N_MELS) -> np.ndarray:
     """float32 [n_mels, N_FFT // 2 + 1]: librosa's (Slaney) mel filterbank, the one Whisper ships."""
+    import librosa
     return librosa.filters.mel(sr=SAMPLE_RATE, n_fft=N_FFT, n_mels=n_mels).astype(np.float32)
 
 
@@ -148,6 +150,7 @@ def log_mel(waveform: np.ndarray, sample_rate: int, n_mels: int = N_MELS) -> np.
     dropped as Whisper does, so a 30 s clip gives exactly 3000 frames."""
     x = np.asarray(waveform, np.float32)
     if sample_rate != SAMPLE_RATE:
+        import librosa
         x = librosa.resample(x, orig_sr=sample_rate, target_sr=SAMPLE_RATE)
     frames = len(x) // HOP
     padded = np.pad(x.astype(np.float64), N_FFT // 2, mode="reflect")

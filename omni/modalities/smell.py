@@ -20,15 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from rdkit import Chem, RDLogger
-from rdkit.Chem import rdFingerprintGenerator
-
 from omni import mup
 from omni.modalities.base import Dense, LayerNorm, Modality, matmul, param
-
-# A failed parse is an expected outcome here (a name is tried as SMILES first); RDKit would
-# print a warning to stderr for each one.
-RDLogger.DisableLog("rdApp.*")
 
 REPRESENTATIONS = ("morgan", "receptors")
 NUM_RECEPTORS = 24
@@ -53,8 +46,19 @@ HALLEM_CARLSON_SMILES = {
 # Compounds
 # ==============================================================================================
 
+@functools.lru_cache(maxsize=None)
+def _chem():
+    """RDKit's Chem module, imported on first use (a run without smells needs no RDKit)."""
+    from rdkit import Chem, RDLogger
+    # A failed parse is an expected outcome here (a name is tried as SMILES first); RDKit would
+    # print a warning to stderr for each one.
+    RDLogger.DisableLog("rdApp.*")
+    return Chem
+
+
 @functools.lru_cache(maxsize=65536)
 def _canonical(smiles: str) -> str | None:
+    Chem = _chem()
     mol = Chem.MolFromSmiles(smiles)
     return None if mol is None else Chem.MolToSmiles(mol)
 
@@ -92,6 +96,7 @@ def resolve_compound(name_or_smiles: str) -> str:
 
 
 def _stereo_free(smiles: str) -> str:
+    Chem = _chem()
     mol = Chem.MolFromSmiles(smiles)
     Chem.RemoveStereochemistry(mol)
     return Chem.MolToSmiles(mol)
@@ -105,6 +110,8 @@ def _stereo_free(smiles: str) -> str:
 def _morgan_generator(radius: int, bits: int):
     # includeChirality: (R)- and (S)-carvone smell different (spearmint vs caraway), so their
     # fingerprints must differ too.
+    _chem()
+    from rdkit.Chem import rdFingerprintGenerator
     return rdFingerprintGenerator.GetMorganGenerator(radius=radius, fpSize=bits, includeChirality=True)
 
 
@@ -113,7 +120,7 @@ def morgan_counts(smiles: str, bits: int = 2048, radius: int = 2) -> np.ndarray:
     """Morgan count fingerprint of one compound (counts, not bits: how many of a substructure,
     e.g. the length of a carbon chain, is part of the smell). Read-only float32 [bits] (exact
     for counts)."""
-    mol = Chem.MolFromSmiles(smiles)
+    mol = _chem().MolFromSmiles(smiles)
     if mol is None:
         raise ValueError(f"invalid SMILES '{smiles}'")
     counts = _morgan_generator(radius, bits).GetCountFingerprintAsNumPy(mol).astype(np.float32)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 
-import av
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,6 +33,7 @@ STRATEGIES = ("keyframes", "uniform")
 
 def _open(source):
     """av container from bytes or a path."""
+    import av  # imported where used: a device-only run (synthetic bench) needs no PyAV
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
             raise ValueError("cannot decode video: empty input")
@@ -144,6 +144,7 @@ def sample_frames(source, num_frames: int, strategy: str = "keyframes"):
         raise ValueError(f"unknown frame sampling strategy '{strategy}' (known: {', '.join(STRATEGIES)})")
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    import av
     try:
         scanned = _scan(source)
         decode = _decode_keyframes if strategy == "keyframes" else _decode_uniform

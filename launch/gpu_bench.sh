@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Variants of `omni bench --config configs/gpu_1b.py --synthetic` on one GPU, each in its own
+# process (an out-of-memory variant cannot spoil the next), for a short lease of a machine whose
+# Python already has jax[cuda], flax, optax and orbax:
+#
+#   bash launch/gpu_bench.sh [OUT_DIR] [VARIANT ...]
+#
+# Prints one JSON line per variant (step time, tokens/s, MFU against the bf16 matmul peak measured
+# in the same process) and writes them to OUT_DIR/results.jsonl, stderr tails to OUT_DIR/log.txt,
+# and a profiler trace of the first variant to OUT_DIR/<variant>.xplane.pb.gz.
+# EXTRA_ARGS adds overrides to every variant (a CPU smoke test: tiny widths).
+# Wheels of missing pure-Python packages (ml_collections) may wait in .whl/.
+set -u
+out=${1:-${OUT:-/tmp/omni_gpu_bench}}
+shift || true
+mkdir -p "$out"
+python=${PYTHON:-python3}
+if compgen -G ".whl/*.whl" > /dev/null; then
+  $python -m pip install -q --no-index --no-deps --no-compile --target /tmp/omni_site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/omni_site:${PYTHONPATH:-}
+fi
+export PYTHONPATH=$PWD:${PYTHONPATH:-}
+nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee -a "$out/log.txt"
+
+declare -A variants=(
+  [base]=""
+  [einsum_attention]="--config.model.attention=einsum"
+  [residual_bf16]="--config.model.residual_dtype=bfloat16"
+  [batch128]="--config.train.batch_size=128"
+  [remat_none]="--config.model.remat=none"
+  [residual_bf16_batch128]="--config.model.residual_dtype=bfloat16 --config.train.batch_size=128"
+  [residual_bf16_remat_none]="--config.model.residual_dtype=bfloat16 --config.model.remat=none"
+)
+order=("$@")
+[ ${#order[@]} -eq 0 ] && order=(base einsum_attention residual_bf16 batch128 remat_none residual_bf16_batch128 residual_bf16_remat_none)
+
+first=1
+for name in "${order[@]}"; do
+  profile=()
+  if [ $first = 1 ]; then profile=(--profile "/tmp/omni_trace_$name"); first=0; fi
+  started=$(date +%s)
+  # shellcheck disable=SC2086  # the variant's overrides are meant to split into words
+  timeout "${VARIANT_TIMEOUT:-170}" $python -m omni.cli bench --config configs/gpu_1b.py --synthetic \
+    --steps 5 ${variants[$name]} ${EXTRA_ARGS:-} "${profile[@]}" > "/tmp/omni_$name.json" 2> "/tmp/omni_$name.err"
+  rc=$?
+  line=$(tail -n 1 "/tmp/omni_$name.json")
+  echo "{\"variant\": \"$name\", \"rc\": $rc, \"wall_s\": $(( $(date +%s) - started )), \"result\": ${line:-null}}" \
+    | tee -a "$out/results.jsonl"
+  { echo "== $name (rc $rc)"; tail -n 15 "/tmp/omni_$name.err"; } >> "$out/log.txt"
+  if [ ${#profile[@]} -gt 0 ]; then
+    trace=$(find "/tmp/omni_trace_$name" -name '*.xplane.pb' | head -n 1)
+    [ -n "$trace" ] && gzip -c "$trace" > "$out/$name.xplane.pb.gz"
+  fi
+done
