@@ -22,17 +22,18 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 nvidia-smi --query-gpu=name,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader | tee -a "$out/log.txt"
 
+# Each variant changes configs/gpu_1b.py (batch 128, bf16 residual stream, remat dots) in one way.
 declare -A variants=(
   [base]=""
+  [batch64]="--config.train.batch_size=64"
+  [residual_f32]="--config.model.residual_dtype=float32"
+  [batch64_residual_f32]="--config.train.batch_size=64 --config.model.residual_dtype=float32"
   [einsum_attention]="--config.model.attention=einsum"
-  [residual_bf16]="--config.model.residual_dtype=bfloat16"
-  [batch128]="--config.train.batch_size=128"
-  [remat_none]="--config.model.remat=none"
-  [residual_bf16_batch128]="--config.model.residual_dtype=bfloat16 --config.train.batch_size=128"
-  [residual_bf16_remat_none]="--config.model.residual_dtype=bfloat16 --config.model.remat=none"
+  [remat_full]="--config.model.remat=full"
+  [batch64_remat_none]="--config.train.batch_size=64 --config.model.remat=none"
 )
 order=("$@")
-[ ${#order[@]} -eq 0 ] && order=(base einsum_attention residual_bf16 batch128 remat_none residual_bf16_batch128 residual_bf16_remat_none)
+[ ${#order[@]} -eq 0 ] && order=(base batch64 residual_f32 batch64_residual_f32 einsum_attention)
 
 first=1
 for name in "${order[@]}"; do

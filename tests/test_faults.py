@@ -3,7 +3,6 @@ of an async checkpoint save, and a run whose steps all turn non-finite. Each mus
 completed step: the resumed run's losses are bit-identical to an uninterrupted run's."""
 import json
 import signal
-import subprocess
 from pathlib import Path
 
 import numpy as np

@@ -47,11 +47,13 @@ def test_bf16_backward_is_the_f32_formula_on_rounded_operands(spec, x_shape, w_s
 def test_bf16_train_step_runs_and_tracks_f32():
     """All five modalities, same init and batch: the bf16 step compiles and runs on XLA CPU (the
     smell stem's batched product once failed there), and its loss is within bf16 rounding of the
-    f32 step's."""
+    f32 step's; so is the loss with a bf16 residual stream (model.residual_dtype), which does
+    change the numbers (the option takes effect)."""
     from omni.config import load_config
     losses = {}
-    for dtype in ("float32", "bfloat16"):
-        config = load_config(None, [*SMALL_ALL, f"--config.model.dtype={dtype}"])
+    for dtype, residual in (("float32", "float32"), ("bfloat16", "float32"), ("bfloat16", "bfloat16")):
+        config = load_config(None, [*SMALL_ALL, f"--config.model.dtype={dtype}",
+                                    f"--config.model.residual_dtype={residual}"])
         mesh = parallel.make_mesh((1, 1, 1))
         setup = build_setup(config, mesh)
         with jax.set_mesh(mesh):
@@ -60,6 +62,9 @@ def test_bf16_train_step_runs_and_tracks_f32():
             state, _ = step(setup.init_state(), batch)  # warmup lr is 0 at step 0
             state, metrics = step(state, batch)
         assert int(metrics["skipped"]) == 0
-        losses[dtype] = float(metrics["loss"])
-    assert np.isfinite(losses["bfloat16"])
-    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=2e-2)
+        losses[dtype, residual] = float(metrics["loss"])
+    reference = losses["float32", "float32"]
+    assert np.isfinite(losses["bfloat16", "float32"])
+    assert losses["bfloat16", "float32"] == pytest.approx(reference, rel=2e-2)
+    assert losses["bfloat16", "bfloat16"] == pytest.approx(reference, rel=2e-2)
+    assert losses["bfloat16", "bfloat16"] != losses["bfloat16", "float32"]

@@ -22,8 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omni import mup
-from omni.modalities.base import Dense, LayerNorm, Modality, matmul, param, read_file_field
+from omni.modalities.base import Dense, Modality, ReconstructingStem, matmul, param, read_file_field
 from omni.modalities.image import normalized_patch_targets
 
 SAMPLE_RATE = 16000
@@ -222,7 +221,7 @@ class Conv1d(nnx.Module):
         return matmul(taps, self.kernel[...], dtype, "btkc,kcd->btd") + self.bias[...]
 
 
-class AudioStem(nnx.Module):
+class AudioStem(ReconstructingStem):
     def __init__(self, config, rngs: nnx.Rngs):
         cfg = config.modalities.audio
         width = config.model.width
@@ -237,10 +236,7 @@ class AudioStem(nnx.Module):
         self.conv2 = Conv1d(rngs, width, width, stride=2)
         self.proj = Dense(rngs, cfg.patch_frames * width, width, names=("patch", "embed"))
         self.positions = param(rngs, (self.num_tokens, width), ("length", "embed"))
-        self.mask_token = param(rngs, (width,), ("embed",))
-        self.head_norm = LayerNorm(rngs, width)
-        self.head = Dense(rngs, width, target_dim, names=("embed", "patch"))
-        self.output_multiplier = mup.output_multiplier(config)
+        self.init_reconstruction(rngs, config, target_dim)  # each token's normalised mel patch
 
     def _tokens(self, mel, dtype):
         """Scaled log-mel [B, T, n_mels] -> token embeddings [B, L, width], positions not added."""
@@ -275,11 +271,6 @@ class AudioStem(nnx.Module):
         tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self.positions[...][None]
         target = normalized_patch_targets(self._mel_patches(whisper_scale(log_spec)))
         return tokens, jnp.ones((batch, self.num_tokens), bool), target, masked.astype(jnp.float32)
-
-    def reconstruction_loss(self, hidden, target, dtype):
-        """Mean squared error per token, against its normalised mel patch."""
-        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
-        return jnp.mean(jnp.square(prediction - target), axis=-1)
 
 
 class Audio(Modality):

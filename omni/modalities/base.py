@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omni import mup
+
 
 def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float = "normal", scale: float = 0.02):
     """An nnx.Param with logical axis names. init: 'normal' (std=scale), 'zeros', 'ones' or a constant."""
@@ -101,6 +103,30 @@ class Dense(nnx.Module):
 
     def __call__(self, x, dtype=jnp.float32):
         return matmul(x, self.kernel[...], dtype, "...i,io->...o") + self.bias[...]
+
+
+def random_token_mask(rng, batch: int, num: int, ratio: float):
+    """bool [batch, num], True at exactly round(ratio * num) random positions of every row (a
+    static count, so the step's shapes never change)."""
+    rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
+    return rank < int(round(ratio * num))
+
+
+class ReconstructingStem(nnx.Module):
+    """MAE-style masked modelling shared by the image, video and audio stems: masked tokens are
+    replaced by a learned mask token, and a layer-normed linear head predicts each token's
+    (normalised) target, scored by the mean squared error per token."""
+
+    def init_reconstruction(self, rngs, config, target_dim: int) -> None:
+        width = config.model.width
+        self.mask_token = param(rngs, (width,), ("embed",))
+        self.head_norm = LayerNorm(rngs, width)
+        self.head = Dense(rngs, width, target_dim, names=("embed", "patch"))
+        self.output_multiplier = mup.output_multiplier(config)
+
+    def reconstruction_loss(self, hidden, target, dtype):
+        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
+        return jnp.mean(jnp.square(prediction - target), axis=-1)
 
 
 class LayerNorm(nnx.Module):

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import io
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
 from flax import nnx
 from PIL import Image
 
-from omni import mup
-from omni.modalities.base import Dense, LayerNorm, Modality, param, read_file_field
+from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask, read_file_field
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
 
@@ -66,7 +64,7 @@ def fit_square(img: Image.Image, size: int) -> np.ndarray:
     return out
 
 
-class ImageStem(nnx.Module):
+class ImageStem(ReconstructingStem):
     def __init__(self, config, rngs: nnx.Rngs):
         cfg = config.modalities.image
         width = config.model.width
@@ -77,10 +75,7 @@ class ImageStem(nnx.Module):
         self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
         self.rows = param(rngs, (grid, width), ("length", "embed"))
         self.cols = param(rngs, (grid, width), ("length", "embed"))
-        self.mask_token = param(rngs, (width,), ("embed",))
-        self.head_norm = LayerNorm(rngs, width)
-        self.head = Dense(rngs, width, patch_dim, names=("embed", "patch"))
-        self.output_multiplier = mup.output_multiplier(config)
+        self.init_reconstruction(rngs, config, patch_dim)
 
     def _patches(self, inputs):
         pixels = inputs["image/pixels"].astype(jnp.float32) / 255.0
@@ -91,27 +86,23 @@ class ImageStem(nnx.Module):
         pos = self.rows[...][:, None, :] + self.cols[...][None, :, :]
         return pos.reshape(grid * grid, -1)
 
+    def _valid(self, inputs):
+        """Every patch of an image is a valid token."""
+        return jnp.ones((inputs["image/pixels"].shape[0], self.rows.shape[0] ** 2), bool)
+
     def embed(self, inputs, dtype):
         patches = self._patches(inputs)
         tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype) + self._positions()[None]
-        return tokens, jnp.ones(patches.shape[:2], bool)
+        return tokens, self._valid(inputs)
 
     def masked_embed(self, inputs, rng, dtype):
         """Mask exactly round(mask_ratio * num_patches) patches per example (static count)."""
         patches = self._patches(inputs)
-        batch, num = patches.shape[:2]
-        num_masked = int(round(self.mask_ratio * num))
-        rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
-        masked = rank < num_masked
+        masked = random_token_mask(rng, *patches.shape[:2], self.mask_ratio)
         tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype)
         tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self._positions()[None]
         target = normalized_patch_targets(patches)
-        return tokens, jnp.ones((batch, num), bool), target, masked.astype(jnp.float32)
-
-    def reconstruction_loss(self, hidden, target, dtype):
-        """Mean squared error per patch."""
-        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
-        return jnp.mean(jnp.square(prediction - target), axis=-1)
+        return tokens, self._valid(inputs), target, masked.astype(jnp.float32)
 
 
 class ImageModality(Modality):

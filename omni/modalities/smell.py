@@ -12,7 +12,6 @@ import csv
 import functools
 import importlib.util
 import json
-import math
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
 from omni import mup
 from omni.modalities.base import Dense, LayerNorm, Modality, matmul, param
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import io
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from PIL import Image
 
-from omni import mup
-from omni.modalities.base import Dense, LayerNorm, Modality, param, read_file_field
+from omni.modalities.base import Dense, Modality, param, read_file_field
 from omni.modalities import image
-from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, normalized_patch_targets, patchify
+from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, patchify
 
 STRATEGIES = ("keyframes", "uniform")
 
@@ -175,7 +173,10 @@ def load_video(data, config):
     return out, present
 
 
-class VideoStem(nnx.Module):
+class VideoStem(image.ImageStem):
+    """An image stem over every frame's patches (with the image stem's own patch projection when
+    the patch sizes agree), plus a time embedding; frames that are absent are invalid tokens."""
+
     def __init__(self, config, rngs: nnx.Rngs, built: dict | None = None):
         cfg = config.modalities.video
         width = config.model.width
@@ -193,10 +194,7 @@ class VideoStem(nnx.Module):
         self.rows = param(rngs, (grid, width), ("length", "embed"))
         self.cols = param(rngs, (grid, width), ("length", "embed"))
         self.time = param(rngs, (cfg.num_frames, width), ("length", "embed"))
-        self.mask_token = param(rngs, (width,), ("embed",))
-        self.head_norm = LayerNorm(rngs, width)
-        self.head = Dense(rngs, width, patch_dim, names=("embed", "patch"))
-        self.output_multiplier = mup.output_multiplier(config)
+        self.init_reconstruction(rngs, config, patch_dim)
 
     def _patches(self, inputs):
         """[B, T, S, S, 3] uint8 -> [B, T * grid^2, p*p*3] in [0, 1]: frame by frame, each row-major."""
@@ -215,28 +213,6 @@ class VideoStem(nnx.Module):
         """A patch is valid when its frame is present."""
         present = inputs["video/frame_present"]
         return jnp.repeat(present, self.rows.shape[0] ** 2, axis=1)
-
-    def embed(self, inputs, dtype):
-        patches = self._patches(inputs)
-        tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype) + self._positions()[None]
-        return tokens, self._valid(inputs)
-
-    def masked_embed(self, inputs, rng, dtype):
-        """Mask exactly round(mask_ratio * num_patches) patches per example (static count)."""
-        patches = self._patches(inputs)
-        batch, num = patches.shape[:2]
-        num_masked = int(round(self.mask_ratio * num))
-        rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
-        masked = rank < num_masked
-        tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype)
-        tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self._positions()[None]
-        target = normalized_patch_targets(patches)
-        return tokens, self._valid(inputs), target, masked.astype(jnp.float32)
-
-    def reconstruction_loss(self, hidden, target, dtype):
-        """Mean squared error per patch."""
-        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
-        return jnp.mean(jnp.square(prediction - target), axis=-1)
 
 
 class Video(Modality):
