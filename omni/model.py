@@ -27,9 +27,20 @@ from omni.parallel import constrain
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
 
+def dots_with_no_batch_dims_saveable(prim, *avals, **params) -> bool:
+    """JAX's policy of that name, seeing through omni's bf16 matmul on CPU: that is a custom_vjp
+    call (so that its backward runs in bf16 too), which JAX's policy does not take for a dot.
+    Under it, `remat="dots"` saved nothing on CPU in bf16, and the backward recomputed every
+    projection of the layer."""
+    if prim.name == "custom_vjp_call":
+        return any(eqn.primitive is jax.lax.dot_general_p and not eqn.params["dimension_numbers"][1][0]
+                   for eqn in params["call_jaxpr"].jaxpr.eqns)
+    return jax.checkpoint_policies.dots_with_no_batch_dims_saveable(prim, *avals, **params)
+
+
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block
-    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "dots": dots_with_no_batch_dims_saveable,  # save the projections' outputs, recompute the rest
 }
 
 

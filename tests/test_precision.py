@@ -10,7 +10,7 @@ from omni import parallel
 from omni.bench import _synthetic_batch
 from omni.modalities.base import matmul
 from omni.train import build_setup
-from tests.conftest import SMALL_ALL
+from tests.conftest import SMALL_ALL, small_config
 
 
 def rounded(a):
@@ -68,3 +68,28 @@ def test_bf16_train_step_runs_and_tracks_f32():
     assert losses["bfloat16", "float32"] == pytest.approx(reference, rel=2e-2)
     assert losses["bfloat16", "bfloat16"] == pytest.approx(reference, rel=2e-2)
     assert losses["bfloat16", "bfloat16"] != losses["bfloat16", "float32"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_dots_remat_keeps_the_projection_outputs(dtype, capsys):
+    """remat="dots" keeps the outputs of a layer's projections for the backward pass (q, k, v and
+    the MLP's input projection at least), in bf16 too, whose CPU matmul is a custom_vjp that JAX's
+    own policy does not take for a dot; remat="full" keeps none of them."""
+    from flax import nnx
+    from jax.ad_checkpoint import print_saved_residuals
+
+    from omni.model import Transformer
+
+    def saved_projection_outputs(remat):
+        config = small_config(f"--config.model.dtype={dtype}", f"--config.model.remat={remat}",
+                              "--config.model.depth=1", "--config.model.scan_layers=false")
+        transformer = Transformer(config, nnx.Rngs(0))
+        x = jnp.ones((2, 5, config.model.width))
+        valid = jnp.ones((2, 5), bool)
+        capsys.readouterr()
+        print_saved_residuals(lambda h: transformer(h, valid), x)  # one line per saved value
+        saved = capsys.readouterr().out.splitlines()
+        return [line for line in saved if "dot_general" in line or "custom_vjp_call" in line]
+
+    assert len(saved_projection_outputs("dots")) >= 4
+    assert saved_projection_outputs("full") == []
