@@ -27,6 +27,7 @@ from omni.parallel import constrain
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
 
+
 def dots_with_no_batch_dims_saveable(prim, *avals, **params) -> bool:
     """JAX's policy of that name, seeing through omni's bf16 matmul on CPU: that is a custom_vjp
     call (so that its backward runs in bf16 too), which JAX's policy does not take for a dot.
@@ -91,9 +92,8 @@ class Transformer(nnx.Module):
             k = matmul(y, p["wk"], dtype, "btd,dhk->bthk")
             v = matmul(y, p["wv"], dtype, "btd,dhk->bthk")
             if attention == "fused":
-                # XLA's implementation (JAX's default). cuDNN's fused kernel turned these shapes
-                # down on an H100 ("Unsupported sequence length Q 197"), and the scores are ~2%
-                # of the FLOPs at these lengths.
+                # XLA's implementation (JAX's default): cuDNN's fused kernel turned these
+                # lengths down on an H100 ("Unsupported sequence length Q 197, KV 197").
                 attended = jax.nn.dot_product_attention(
                     q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=scale)
             else:
