@@ -1,0 +1,23 @@
+"""`omni bench`: the figures it reports follow from each other as documented, and `--profile`
+leaves a trace a profiler can open."""
+import pytest
+
+from omni.bench import bench
+from omni.train import model_flops_per_step, tokens_per_step
+from tests.conftest import small_config
+
+
+def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
+    config = small_config()
+    result = bench(config, steps=2, warmup=1, synthetic=True, profile_dir=str(tmp_path / "trace"))
+
+    step = result["step_time_s"]
+    assert step > 0 and result["compile_time_s"] > 0 and result["peak_flops_per_s"] > 0
+    assert result["model_flops_per_step"] == model_flops_per_step(config)
+    # MFU = achieved FLOP/s over the peak of every device; tokens/s from the step time.
+    assert result["mfu"] == pytest.approx(result["model_flops_per_step"] / step / result["peak_flops_per_s"])
+    assert result["tokens_per_s"] == pytest.approx(tokens_per_step(config) / step)
+    assert result["examples_per_s"] == pytest.approx(config.train.batch_size / step)
+
+    traces = list((tmp_path / "trace").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
