@@ -16,7 +16,7 @@ shift || true
 mkdir -p "$out"
 python=${PYTHON:-python3}
 if compgen -G ".whl/*.whl" > /dev/null; then
-  $python -m pip install -q --no-index --no-deps --no-compile --target /tmp/omni_site .whl/*.whl || exit 1
+  $python -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/omni_site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/omni_site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
@@ -34,6 +34,9 @@ declare -A variants=(
 )
 order=("$@")
 [ ${#order[@]} -eq 0 ] && order=(base batch64 residual_f32 batch64_residual_f32 einsum_attention)
+for name in "${order[@]}"; do
+  [[ -v "variants[$name]" ]] || { echo "unknown variant '$name' (known: ${!variants[*]})" >&2; exit 2; }
+done
 
 first=1
 for name in "${order[@]}"; do
@@ -45,7 +48,9 @@ for name in "${order[@]}"; do
     --steps 5 ${variants[$name]} ${EXTRA_ARGS:-} "${profile[@]}" > "/tmp/omni_$name.json" 2> "/tmp/omni_$name.err"
   rc=$?
   line=$(tail -n 1 "/tmp/omni_$name.json")
-  echo "{\"variant\": \"$name\", \"rc\": $rc, \"wall_s\": $(( $(date +%s) - started )), \"result\": ${line:-null}}" \
+  # only a JSON result goes into results.jsonl (a crash leaves a traceback or nothing)
+  printf '%s' "$line" | $python -c 'import json, sys; json.load(sys.stdin)' 2> /dev/null || line=null
+  echo "{\"variant\": \"$name\", \"rc\": $rc, \"wall_s\": $(( $(date +%s) - started )), \"result\": $line}" \
     | tee -a "$out/results.jsonl"
   { echo "== $name (rc $rc)"; tail -n 15 "/tmp/omni_$name.err"; } >> "$out/log.txt"
   if [ ${#profile[@]} -gt 0 ]; then

@@ -225,9 +225,9 @@ def model_flops_per_step(config) -> float:
 def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10) -> float:
     """FLOP/s of a large matmul in the compute dtype (bf16 inputs accumulate in f32), best of N,
     on random operands (constant ones or zeros can run faster on a GPU than real data does).
-    2048^3 saturates a CPU; accelerators need 8192^3 to reach their peak. An 8192^3 product takes
-    ~1.4 ms on an H100, so there each timing covers 20 back-to-back calls: one call's dispatch
-    and sync would otherwise count against the peak (and flatter the MFU)."""
+    2048^3 saturates a CPU; accelerators need 8192^3 to reach their peak. Such a product takes
+    only milliseconds there, so each timing covers 20 back-to-back calls: one call's dispatch and
+    sync would otherwise count against the peak (and flatter the MFU)."""
     on_cpu = jax.devices()[0].platform == "cpu"
     size = size or (2048 if on_cpu else 8192)
     calls = 1 if on_cpu else 20

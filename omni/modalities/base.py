@@ -105,15 +105,15 @@ class Dense(nnx.Module):
         return matmul(x, self.kernel[...], dtype, "...i,io->...o") + self.bias[...]
 
 
-def random_token_mask(rng, batch: int, num: int, ratio: float):
-    """bool [batch, num], True at exactly round(ratio * num) random positions of every row (a
-    static count, so the step's shapes never change)."""
+def random_token_mask(rng, batch: int, num: int, count: int):
+    """bool [batch, num], True at exactly `count` random positions of every row (a static count,
+    so the step's shapes never change)."""
     rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
-    return rank < int(round(ratio * num))
+    return rank < count
 
 
 class ReconstructingStem(nnx.Module):
-    """MAE-style masked modelling shared by the image, video and audio stems: masked tokens are
+    """MAE-style masked modelling shared by the image, video, audio and smell stems: masked tokens are
     replaced by a learned mask token, and a layer-normed linear head predicts each token's
     (normalised) target, scored by the mean squared error per token."""
 
@@ -124,9 +124,11 @@ class ReconstructingStem(nnx.Module):
         self.head = Dense(rngs, width, target_dim, names=("embed", "patch"))
         self.output_multiplier = mup.output_multiplier(config)
 
+    def predict(self, hidden, dtype):
+        return self.head(self.head_norm(hidden), dtype) * self.output_multiplier
+
     def reconstruction_loss(self, hidden, target, dtype):
-        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
-        return jnp.mean(jnp.square(prediction - target), axis=-1)
+        return jnp.mean(jnp.square(self.predict(hidden, dtype) - target), axis=-1)
 
 
 class LayerNorm(nnx.Module):

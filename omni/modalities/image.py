@@ -98,7 +98,8 @@ class ImageStem(ReconstructingStem):
     def masked_embed(self, inputs, rng, dtype):
         """Mask exactly round(mask_ratio * num_patches) patches per example (static count)."""
         patches = self._patches(inputs)
-        masked = random_token_mask(rng, *patches.shape[:2], self.mask_ratio)
+        batch, num = patches.shape[:2]
+        masked = random_token_mask(rng, batch, num, int(round(self.mask_ratio * num)))
         tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype)
         tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self._positions()[None]
         target = normalized_patch_targets(patches)

@@ -15,13 +15,11 @@ import json
 import re
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from omni import mup
-from omni.modalities.base import Dense, LayerNorm, Modality, matmul, param
+from omni.modalities.base import Modality, ReconstructingStem, matmul, param, random_token_mask
 
 REPRESENTATIONS = ("morgan", "receptors")
 NUM_RECEPTORS = 24
@@ -395,7 +393,7 @@ def num_masked(mask_ratio: float, tokens: int) -> int:
     return max(count, 1) if mask_ratio > 0 else 0
 
 
-class SmellStem(nnx.Module):
+class SmellStem(ReconstructingStem):
     """The smell vector [B, D] -> K tokens. Token k is the projection of the k-th of K contiguous
     groups of the vector's features (D padded with zeros to K * ceil(D/K)), plus a learned position
     embedding. Why groups and not one Dense D -> K*width: with the whole vector behind every token,
@@ -415,10 +413,7 @@ class SmellStem(nnx.Module):
                           scale=self.group ** -0.5)
         # No per-group bias: the position embedding already is one.
         self.positions = param(rngs, (self.tokens, width), ("length", "embed"))
-        self.mask_token = param(rngs, (width,), ("embed",))
-        self.head_norm = LayerNorm(rngs, width)
-        self.head = Dense(rngs, width, self.group, names=("embed", "patch"))
-        self.output_multiplier = mup.output_multiplier(config)
+        self.init_reconstruction(rngs, config, self.group)
 
     def _groups(self, inputs):
         """[B, D] -> [B, K, ceil(D/K)], zero-padded."""
@@ -441,15 +436,14 @@ class SmellStem(nnx.Module):
         """Mask exactly num_masked(mask_ratio, K) groups per example (static count)."""
         groups = self._groups(inputs)
         batch = groups.shape[0]
-        rank = jnp.argsort(jax.random.uniform(rng, (batch, self.tokens)), axis=-1).argsort(axis=-1)
-        masked = rank < num_masked(self.mask_ratio, self.tokens)
+        masked = random_token_mask(rng, batch, self.tokens, num_masked(self.mask_ratio, self.tokens))
         tokens = jnp.where(masked[..., None], self.mask_token[...], self._project(groups, dtype))
         tokens = tokens + self.positions[...][None]
         return tokens, jnp.ones((batch, self.tokens), bool), groups, masked.astype(jnp.float32)
 
     def reconstruction_loss(self, hidden, target, dtype):
         """Mean squared error per token over its group's real features -> [B, K]."""
-        prediction = self.head(self.head_norm(hidden), dtype) * self.output_multiplier
+        prediction = self.predict(hidden, dtype)
         real = (jnp.arange(self.tokens * self.group) < self.dim).reshape(self.tokens, self.group)
         squared = jnp.where(real, jnp.square(prediction - target), 0.0)
         return squared.sum(-1) / real.sum(-1)
