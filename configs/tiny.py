@@ -24,7 +24,9 @@ def get_config():
         dtype="float32",       # compute dtype of matmuls; parameters stay f32
         residual_dtype="float32",  # dtype of the residual stream between layers (bfloat16 halves its traffic)
         remat="none",          # none | full | dots
-        attention="einsum",    # einsum (written out) | fused (jax.nn.dot_product_attention, XLA implementation)
+        # einsum (written out) | fused (jax.nn.dot_product_attention, with cuDNN's flash kernel on
+        # GPU and XLA elsewhere) | xla | cudnn (that function with this implementation)
+        attention="einsum",
         scan_layers=True,
         parametrization="sp",  # sp (standard) | mup (maximal update: LR transfers across widths)
         mup_base_width=128,    # under mup, the width at which it equals sp

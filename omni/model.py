@@ -45,6 +45,35 @@ REMAT_POLICIES = {
 }
 
 
+def attention_implementation(attention: str) -> str:
+    """`model.attention` ("fused", "xla" or "cudnn") -> the implementation of
+    `jax.nn.dot_product_attention`: "fused" is cuDNN's flash attention on GPUs, XLA's elsewhere."""
+    if attention == "fused":
+        return "cudnn" if jax.default_backend() == "gpu" else "xla"
+    return attention
+
+
+def valid_tokens_first(x, key_valid):
+    """Reorder each example's tokens so that its valid ones come first, and pad to an even length:
+    x [B, T, D] and key_valid [B, T] -> (reordered x [B, T or T + 1, D], valid counts [B] int32,
+    the order that restores x, padding included).
+
+    The blocks are equivariant to token order (the stems added the positions), so the
+    transformer may run on the reordered sequence. Then a key mask is a length per example, which
+    cuDNN's flash attention applies inside the kernel (given a mask instead, it wants a full
+    [B, 1, T, T] bias and its gradient). In training it takes only even lengths: JAX 0.11.2 on an
+    H100 refused 197 image tokens ("Unsupported sequence length Q 197, KV 197")."""
+    if key_valid.shape[1] % 2:
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 0)))
+        key_valid = jnp.pad(key_valid, ((0, 0), (0, 1)))  # the added token is masked
+    order = jnp.argsort(~key_valid, axis=1, stable=True)
+    x = jnp.take_along_axis(x, order[:, :, None], axis=1)
+    # at least one key per row: a row with none (an absent modality) attends to a masked token,
+    # whose output, like the uniform average that the einsum path gives it, is never used
+    counts = jnp.maximum(jnp.sum(key_valid, axis=1), 1).astype(jnp.int32)
+    return x, counts, jnp.argsort(order, axis=1)
+
+
 class Transformer(nnx.Module):
     """`depth` pre-norm blocks (attention + GELU MLP) with parameters stacked on a leading axis."""
 
@@ -79,11 +108,13 @@ class Transformer(nnx.Module):
     def __call__(self, x, key_valid):
         """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
         layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
-        bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
-        mask = key_valid[:, None, None, :]
         dtype, residual_dtype = self.dtype, self.residual_dtype
         attention = self.attention
         scale = self.attention_scale
+        if attention == "einsum":
+            bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
+        else:
+            x, counts, restore = valid_tokens_first(x, key_valid)
 
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
@@ -91,15 +122,14 @@ class Transformer(nnx.Module):
             q = matmul(y, p["wq"], dtype, "btd,dhk->bthk")
             k = matmul(y, p["wk"], dtype, "btd,dhk->bthk")
             v = matmul(y, p["wv"], dtype, "btd,dhk->bthk")
-            if attention == "fused":
-                # XLA's implementation (JAX's default): cuDNN's fused kernel turned these
-                # lengths down on an H100 ("Unsupported sequence length Q 197, KV 197").
-                attended = jax.nn.dot_product_attention(
-                    q.astype(dtype), k.astype(dtype), v.astype(dtype), mask=mask, scale=scale)
-            else:
+            if attention == "einsum":
                 logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
                 weights = jax.nn.softmax(logits, axis=-1)
                 attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
+            else:
+                attended = jax.nn.dot_product_attention(
+                    q.astype(dtype), k.astype(dtype), v.astype(dtype), scale=scale,
+                    key_value_seq_lengths=counts, implementation=attention_implementation(attention))
             h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
             y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
             y = jax.nn.gelu(matmul(y, p["w_in"], dtype, "btd,df->btf") + p["b_in"])
@@ -113,6 +143,8 @@ class Transformer(nnx.Module):
         else:
             for i in range(self.ln1_scale.shape[0]):
                 x = block(x, jax.tree.map(lambda a: a[i], layers))
+        if attention != "einsum":  # back to the stems' order, without the padding
+            x = jnp.take_along_axis(x, restore[:, :, None], axis=1)[:, :key_valid.shape[1]]
         return x.astype(jnp.float32)
 
 
