@@ -14,7 +14,7 @@ def get_config():
     c.train.update(dict(steps=100_000, batch_size=256, lr=1e-3, warmup_steps=2000,
                         log_every=100, eval_every=5000, checkpoint_every=2000, keep_checkpoints=3))
     c.model.update(dict(width=768, depth=12, heads=12, mlp_ratio=4, embed_dim=512,
-                        dtype="bfloat16", remat="dots"))
+                        dtype="bfloat16", remat="dots", attention="fused"))
     c.modalities.text.update(dict(max_len=64, vocab_size=32768))
     c.modalities.image.update(dict(size=224, patch=16))
     c.modalities.audio.update(dict(clip_seconds=10.24, patch_frames=4))
