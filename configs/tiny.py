@@ -24,8 +24,9 @@ def get_config():
         dtype="float32",       # compute dtype of matmuls; parameters stay f32
         residual_dtype="float32",  # dtype of the residual stream between layers (bfloat16 halves its traffic)
         remat="none",          # none | full | dots
-        # einsum (written out) | xla | cudnn (jax.nn.dot_product_attention with that implementation)
-        # | fused (the fastest measured: cudnn on a GPU, einsum elsewhere)
+        # einsum (written out) | blocked (per example and head, in blocks of queries) | xla | cudnn
+        # (jax.nn.dot_product_attention with that implementation) | fused (the fastest measured:
+        # cudnn on a GPU; on a CPU blocked for long sequences, einsum for short ones)
         attention="einsum",
         scan_layers=True,
         parametrization="sp",  # sp (standard) | mup (maximal update: LR transfers across widths)

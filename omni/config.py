@@ -174,8 +174,9 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError(f"model.remat='{config.model.remat}': use none, full or dots")
     if config.model.parametrization not in ("sp", "mup"):
         raise ConfigError(f"model.parametrization='{config.model.parametrization}': use sp or mup")
-    if config.model.attention not in ("einsum", "fused", "xla", "cudnn"):
-        raise ConfigError(f"model.attention='{config.model.attention}': use einsum, fused, xla or cudnn")
+    if config.model.attention not in ("einsum", "blocked", "xla", "cudnn", "fused"):
+        raise ConfigError(f"model.attention='{config.model.attention}': "
+                          "use einsum, blocked, xla, cudnn or fused")
     if config.data.on_error not in ("skip", "raise"):
         raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
     if config.train.steps < 1:

@@ -14,6 +14,7 @@ does not grow with depth; `model.remat` picks what the backward pass recomputes.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -23,7 +24,7 @@ from flax import nnx
 from omni import mup
 from omni.modalities import registry
 from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param
-from omni.parallel import constrain
+from omni.parallel import constrain, logical_to_spec
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
 
@@ -45,15 +46,100 @@ REMAT_POLICIES = {
 }
 
 
-def attention_implementation(attention: str) -> str:
-    """`model.attention` -> "einsum" (written out) or the implementation of
-    `jax.nn.dot_product_attention` ("xla" or "cudnn"). "fused" picks the fastest measured: cuDNN's
-    flash attention on a GPU (an H100 ran gpu_1b's step in 0.92 s, against 1.08 s with XLA's),
-    and the written-out einsum elsewhere (base at batch 4 on the 2-core CPU: 22.6 s, against
-    30.0 s with `jax.nn.dot_product_attention`'s XLA implementation)."""
-    if attention == "fused":
-        return "cudnn" if jax.default_backend() == "gpu" else "einsum"
-    return attention
+BLOCK = 256  # queries per block of the blocked attention
+
+
+def attention_implementation(attention: str, length: int) -> str:
+    """`model.attention` -> "einsum" (written out), "blocked", or the implementation of
+    `jax.nn.dot_product_attention` ("xla" or "cudnn"). "fused" picks the fastest measured for a
+    sequence of `length` tokens: cuDNN's flash attention on a GPU (an H100 ran gpu_1b's step in
+    0.92 s, against 1.08 s with XLA's); on a CPU, blocks for sequences longer than a block (base
+    at batch 4 ran 1.10-1.21x faster than written out, whose [B, heads, T, T] scores fall out of
+    cache at its 793 tokens) and written out for shorter ones (openclip_small's 65 tokens ran
+    3-8% slower in one block); written out elsewhere."""
+    if attention != "fused":
+        return attention
+    if jax.default_backend() == "gpu":
+        return "cudnn"
+    if jax.default_backend() == "cpu" and length > BLOCK:
+        return "blocked"
+    return "einsum"
+
+
+def blocked_attention(q, k, v, key_valid, scale, dtype, block: int = BLOCK):
+    """The written-out attention, one (example, head) at a time in blocks of about `block`
+    queries, recomputing the scores in the backward: on a CPU a [block, T] tile of scores stays
+    in cache, where [B, heads, T, T] streams through memory several times. q, k, v: [B, T, heads,
+    head_dim]; key_valid: [B, T]. Under a mesh it runs on each device's own examples and heads
+    (`shard_map`), since a loop over a sharded axis would gather it."""
+    mesh = jax.sharding.get_abstract_mesh()
+    local = functools.partial(_attention_in_blocks, scale=scale, dtype=dtype, block=block)
+    if mesh.empty or mesh.size == 1:
+        return local(q, k, v, key_valid)
+    per_token = logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, mesh)
+    per_key = logical_to_spec(("batch", "length"), key_valid.shape, mesh)
+    return jax.shard_map(local, in_specs=(per_token, per_token, per_token, per_key),
+                         out_specs=per_token, check_vma=False)(q, k, v, key_valid)
+
+
+def _attention_in_blocks(q, k, v, key_valid, scale, dtype, block):
+    batch, length, heads, head_dim = q.shape
+    blocks = -(-length // block)
+    block = -(-length // blocks)  # as even as possible: 793 tokens -> 4 blocks of 199
+
+    def per_head(a):  # [B, T, heads, head_dim] -> [B * heads, T, head_dim]
+        return a.transpose(0, 2, 1, 3).reshape(batch * heads, length, head_dim)
+
+    q_blocks = jnp.pad(per_head(q), ((0, 0), (0, blocks * block - length), (0, 0)))
+    q_blocks = q_blocks.reshape(batch * heads, blocks, block, head_dim)
+    bias = jnp.repeat(jnp.where(key_valid, 0.0, MASK_VALUE), heads, axis=0)  # [B * heads, T]
+    out = _per_head_blocks(q_blocks, per_head(k), per_head(v), bias, scale, dtype)
+    out = out.reshape(batch, heads, blocks * block, head_dim)[:, :, :length]
+    return out.transpose(0, 2, 1, 3)
+
+
+def _one_block(q_block, k_head, v_head, bias_head, scale, dtype):
+    """[block, head_dim] queries against one head's [T, head_dim] keys and values."""
+    logits = matmul(q_block, k_head, dtype, "qk,tk->qt") * scale + bias_head
+    return matmul(jax.nn.softmax(logits, axis=-1), v_head, dtype, "qt,tk->qk")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def _per_head_blocks(q_blocks, k, v, bias, scale, dtype):
+    """q_blocks [B*heads, blocks, block, hd], k and v [B*heads, T, hd], bias [B*heads, T]. A custom
+    VJP keeps only these inputs (a remat policy that saves products without batch dimensions
+    would otherwise keep every block's scores) and recomputes each block's scores backward."""
+    def one_head(head):
+        q_head, k_head, v_head, bias_head = head
+        return jax.lax.map(lambda q_block: _one_block(q_block, k_head, v_head, bias_head, scale, dtype),
+                           q_head)
+    return jax.lax.map(one_head, (q_blocks, k, v, bias))
+
+
+def _per_head_blocks_forward(q_blocks, k, v, bias, scale, dtype):
+    return _per_head_blocks(q_blocks, k, v, bias, scale, dtype), (q_blocks, k, v, bias)
+
+
+def _per_head_blocks_backward(scale, dtype, inputs, grad_out):
+    def one_head(head):
+        q_head, k_head, v_head, bias_head, grad_head = head
+
+        def one_block(kv_grads, block):
+            q_block, grad_block = block
+            _, pullback = jax.vjp(lambda q_, k_, v_: _one_block(q_, k_, v_, bias_head, scale, dtype),
+                                  q_block, k_head, v_head)
+            dq, dk, dv = pullback(grad_block)
+            return (kv_grads[0] + dk, kv_grads[1] + dv), dq
+
+        zeros = (jnp.zeros_like(k_head), jnp.zeros_like(v_head))
+        (dk, dv), dq = jax.lax.scan(one_block, zeros, (q_head, grad_head))
+        return dq, dk, dv
+
+    dq, dk, dv = jax.lax.map(one_head, (*inputs, grad_out))
+    return dq, dk, dv, None  # the bias is a mask: no gradient
+
+
+_per_head_blocks.defvjp(_per_head_blocks_forward, _per_head_blocks_backward)
 
 
 def valid_tokens_first(x, key_valid):
@@ -112,12 +198,13 @@ class Transformer(nnx.Module):
         """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
         layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
         dtype, residual_dtype = self.dtype, self.residual_dtype
-        attention = attention_implementation(self.attention)
+        attention = attention_implementation(self.attention, x.shape[1])
         scale = self.attention_scale
-        if attention == "einsum":
-            bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
-        else:
+        reorder = attention in ("xla", "cudnn")
+        if reorder:
             x, counts, restore = valid_tokens_first(x, key_valid)
+        else:
+            bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
 
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
@@ -129,6 +216,8 @@ class Transformer(nnx.Module):
                 logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
                 weights = jax.nn.softmax(logits, axis=-1)
                 attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
+            elif attention == "blocked":
+                attended = blocked_attention(q, k, v, key_valid, scale, dtype)
             else:
                 attended = jax.nn.dot_product_attention(
                     q.astype(dtype), k.astype(dtype), v.astype(dtype), scale=scale,
@@ -146,7 +235,7 @@ class Transformer(nnx.Module):
         else:
             for i in range(self.ln1_scale.shape[0]):
                 x = block(x, jax.tree.map(lambda a: a[i], layers))
-        if attention != "einsum":  # back to the stems' order, without the padding
+        if reorder:  # back to the stems' order, without the padding
             x = jnp.take_along_axis(x, restore[:, :, None], axis=1)[:, :key_valid.shape[1]]
         return x.astype(jnp.float32)
 

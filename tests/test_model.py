@@ -132,16 +132,19 @@ def test_siglip_bias_starts_at_the_batch_prior(setup):
     assert abs(siglip_initial_bias(big) - (-10.0)) < 0.5
 
 
-def test_library_attention_equals_the_written_out_one():
-    """The library path runs on each example's valid tokens moved to the front, masked by a length
-    (the form cuDNN's flash kernel takes). Output and gradients must equal the einsum path's, with
-    invalid tokens scattered through the sequence and one example without any valid token."""
+@pytest.mark.parametrize("attention, length", [("xla", 11), ("blocked", 300)])
+def test_other_attentions_equal_the_written_out_one(attention, length):
+    """xla: jax.nn.dot_product_attention on each example's valid tokens moved to the front, masked
+    by a length (the form cuDNN's flash kernel takes; an odd length is padded). blocked: per
+    (example, head) in blocks of queries (300 tokens: 2 blocks of 150). Outputs and gradients must
+    equal the einsum path's, with invalid tokens scattered through the sequence and one example
+    without any valid token."""
     from omni.model import Transformer
     config = small_config()
     reference = Transformer(config, nnx.Rngs(params=0))
-    library = Transformer(small_config("--config.model.attention=xla"), nnx.Rngs(params=0))
+    library = Transformer(small_config(f"--config.model.attention={attention}"), nnx.Rngs(params=0))
     rng = np.random.default_rng(0)
-    batch, length, width = 3, 11, config.model.width
+    batch, width = 3, config.model.width
     x = jnp.asarray(rng.normal(size=(batch, length, width)), jnp.float32)
     valid = rng.random((batch, length)) < 0.6
     valid[0, :] = True
