@@ -20,6 +20,7 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from omni import mup
 from omni.modalities import registry
@@ -42,7 +43,9 @@ def dots_with_no_batch_dims_saveable(prim, *avals, **params) -> bool:
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block
-    "dots": dots_with_no_batch_dims_saveable,  # save the projections' outputs, recompute the rest
+    # save the projections' outputs and the attention's output, recompute the rest
+    "dots": jax.checkpoint_policies.save_from_both_policies(
+        dots_with_no_batch_dims_saveable, jax.checkpoint_policies.save_only_these_names("attention")),
 }
 
 
@@ -217,7 +220,7 @@ class Transformer(nnx.Module):
                 weights = jax.nn.softmax(logits, axis=-1)
                 attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
             elif attention == "blocked":
-                attended = blocked_attention(q, k, v, key_valid, scale, dtype)
+                attended = checkpoint_name(blocked_attention(q, k, v, key_valid, scale, dtype), "attention")
             else:
                 attended = jax.nn.dot_product_attention(
                     q.astype(dtype), k.astype(dtype), v.astype(dtype), scale=scale,
