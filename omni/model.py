@@ -57,7 +57,7 @@ def attention_implementation(attention: str, length: int) -> str:
     `jax.nn.dot_product_attention` ("xla" or "cudnn"). "fused" picks the fastest measured for a
     sequence of `length` tokens: cuDNN's flash attention on a GPU (an H100 ran gpu_1b's step in
     0.92 s, against 1.08 s with XLA's); on a CPU, blocks for sequences longer than a block (base
-    at batch 4 ran 1.10-1.21x faster than written out, whose [B, heads, T, T] scores fall out of
+    at batch 4 ran 1.10-1.32x faster than written out, whose [B, heads, T, T] scores fall out of
     cache at its 793 tokens) and written out for shorter ones (openclip_small's 65 tokens ran
     3-8% slower in one block); written out elsewhere."""
     if attention != "fused":
