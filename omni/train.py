@@ -222,20 +222,20 @@ def model_flops_per_step(config) -> float:
     return 3.0 * forward * config.train.batch_size
 
 
-def measure_peak_flops(dtype: str, size: int | None = None, repeats: int | None = None,
-                       warmup_s: float = 2.0) -> float:
+def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10,
+                       warmup_s: float = 2.0, cpu_measure_s: float = 2.0) -> float:
     """FLOP/s of a large matmul in the compute dtype (bf16 inputs accumulate in f32), best of N,
     on random operands (constant ones or zeros can run faster on a GPU than real data does).
     2048^3 saturates a CPU; accelerators need 8192^3 to reach their peak. Such a product takes
     only milliseconds there, so each timing covers 20 back-to-back calls: one call's dispatch and
     sync would otherwise count against the peak (and flatter the MFU). The products first run for
-    `warmup_s`, and a CPU takes the best of 40: on this 2-core CPU the first timings of a process
-    ran up to 10% below later ones, and the best of 10 after no warm-up ranged over 320-380 GFLOP/s
-    between processes (with the warm-up and 40, 366-386 in 12 measurements)."""
+    `warmup_s`, and a CPU keeps timing for `cpu_measure_s` (40 bf16 products here): on this 2-core
+    CPU the first timings of a process ran up to 10% below later ones, and the best of 10 after no
+    warm-up ranged over 320-380 GFLOP/s between processes (with the warm-up and the best of 40,
+    366-386 in 12 measurements; an hour later the whole machine was slower, 276-335)."""
     on_cpu = jax.devices()[0].platform == "cpu"
     size = size or (2048 if on_cpu else 8192)
     calls = 1 if on_cpu else 20
-    repeats = repeats or (40 if on_cpu else 10)
     dt = jnp.dtype(dtype)
     a = jax.random.normal(jax.random.key(1), (size, size), dt)
     b = jax.random.normal(jax.random.key(2), (size, size), dt)
@@ -245,7 +245,9 @@ def measure_peak_flops(dtype: str, size: int | None = None, repeats: int | None 
     while time.perf_counter() < warm_until:
         f(a, b).block_until_ready()
     best = math.inf
-    for _ in range(repeats):
+    timings, measure_until = 0, time.perf_counter() + (cpu_measure_s if on_cpu else 0.0)
+    while timings < repeats or time.perf_counter() < measure_until:
+        timings += 1
         t0 = time.perf_counter()
         for _ in range(calls):
             out = f(a, b)
@@ -500,7 +502,7 @@ def _train(config, workdir: Path, preemption: PreemptionSignal) -> dict:
     flops = model_flops_per_step(config)
     # flops are for the global batch; a quicker peak than `omni bench` takes (it starts every run,
     # tests included), so this MFU may read a few percent high
-    peak = measure_peak_flops(config.model.dtype, repeats=10, warmup_s=0.5) * jax.device_count()
+    peak = measure_peak_flops(config.model.dtype, warmup_s=0.5, cpu_measure_s=0.0) * jax.device_count()
     tokens = tokens_per_step(config)
     writer = MetricsWriter(workdir)
     progress = Progress(int(config.train.steps), start)
