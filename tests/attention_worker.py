@@ -14,7 +14,9 @@ from tests.conftest import small_config
 
 
 def main():
-    config = small_config("--config.model.attention=blocked")
+    # as base runs it: bf16, and the remat policy that keeps the attention's output
+    config = small_config("--config.model.attention=blocked", "--config.model.remat=dots",
+                          "--config.model.dtype=bfloat16")
     graphdef, params = nnx.split(Transformer(config, nnx.Rngs(params=0)))
     rng = np.random.default_rng(0)
     x = rng.normal(size=(4, 300, config.model.width)).astype(np.float32)  # 2 blocks of 150 queries
