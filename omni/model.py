@@ -25,7 +25,7 @@ from jax.ad_checkpoint import checkpoint_name
 from omni import mup
 from omni.modalities import registry
 from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param
-from omni.parallel import constrain, logical_to_spec
+from omni.parallel import constrain, logical_to_spec, multi_device_mesh
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
 
@@ -43,7 +43,7 @@ def dots_with_no_batch_dims_saveable(prim, *avals, **params) -> bool:
 
 REMAT_POLICIES = {
     "full": None,  # save nothing, recompute the whole block
-    # save the projections' outputs and the attention's output, recompute the rest
+    # save the projections' outputs (and the blocked attention's output), recompute the rest
     "dots": jax.checkpoint_policies.save_from_both_policies(
         dots_with_no_batch_dims_saveable, jax.checkpoint_policies.save_only_these_names("attention")),
 }
@@ -75,9 +75,9 @@ def blocked_attention(q, k, v, key_valid, scale, dtype, block: int = BLOCK):
     in cache, where [B, heads, T, T] streams through memory several times. q, k, v: [B, T, heads,
     head_dim]; key_valid: [B, T]. Under a mesh it runs on each device's own examples and heads
     (`shard_map`), since a loop over a sharded axis would gather it."""
-    mesh = jax.sharding.get_abstract_mesh()
+    mesh = multi_device_mesh()
     local = functools.partial(_attention_in_blocks, scale=scale, dtype=dtype, block=block)
-    if mesh.empty or mesh.size == 1:
+    if mesh is None:
         return local(q, k, v, key_valid)
     per_token = logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, mesh)
     per_key = logical_to_spec(("batch", "length"), key_valid.shape, mesh)
@@ -206,7 +206,7 @@ class Transformer(nnx.Module):
         reorder = attention in ("xla", "cudnn")
         if reorder:
             x, counts, restore = valid_tokens_first(x, key_valid)
-        else:
+        if attention == "einsum":
             bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
 
         def block(h, p):

@@ -84,10 +84,16 @@ def logical_to_spec(names, shape=None, mesh: Mesh | None = None) -> P:
     return P(*spec)
 
 
+def multi_device_mesh():
+    """The mesh of the current context when it spans several devices, else None."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return None if mesh.empty or mesh.size == 1 else mesh
+
+
 def constrain(x, names):
     """Sharding constraint on an activation by logical names; a no-op outside a mesh context."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty or mesh.size == 1:
+    mesh = multi_device_mesh()
+    if mesh is None:
         return x
     return jax.lax.with_sharding_constraint(x, logical_to_spec(names, x.shape, mesh))
 

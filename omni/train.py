@@ -232,7 +232,7 @@ def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10,
     `warmup_s`, and a CPU keeps timing for `cpu_measure_s` (40 bf16 products here): on this 2-core
     CPU the first timings of a process ran up to 10% below later ones, and the best of 10 after no
     warm-up ranged over 320-380 GFLOP/s between processes (with the warm-up and the best of 40,
-    366-386 in 12 measurements; an hour later the whole machine was slower, 276-335)."""
+    366-386 in 12 measurements; an hour later the whole machine was slower, 276-356)."""
     on_cpu = jax.devices()[0].platform == "cpu"
     size = size or (2048 if on_cpu else 8192)
     calls = 1 if on_cpu else 20
