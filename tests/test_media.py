@@ -72,6 +72,21 @@ def test_speak_words_and_voices_differ_and_are_deterministic():
     assert fast.size < 0.8 * seven.size
 
 
+def test_speech_is_the_same_in_a_fresh_process():
+    """eSpeak seeds its noise (whispering, the female voices' flutter) from the clock; the
+    dataset is only reproducible if `speak` pins it."""
+    import subprocess
+    import sys
+    here = [media.speak("seven", voice=voice)[0].tobytes().hex() for voice in media.VOICES]
+    # The clock seed is in whole seconds: start the other process's synthesiser a second later.
+    program = ("import sys, time; from omni.data import media; time.sleep(1.1); "
+               "[sys.stdout.write(media.speak('seven', voice=v)[0].tobytes().hex() + chr(10)) "
+               "for v in media.VOICES]")
+    fresh = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert [a == b for a, b in zip(fresh, here)] == [True] * len(media.VOICES)
+
+
 def test_every_listed_voice_works_and_unknown_voice_fails():
     outputs = [media.speak("four", voice=voice)[0] for voice in media.VOICES]
     assert len(media.VOICES) >= 6

@@ -26,7 +26,7 @@ from PIL import Image
 
 from omni.data.records import write_dataset
 
-VERSION = "v4"
+VERSION = "v5"  # v5: speech samples no longer depend on the process (espeak noise seeded)
 COLORS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 220), "yellow": (240, 220, 40),
     "white": (250, 250, 250), "black": (10, 10, 10), "purple": (140, 50, 170), "orange": (245, 140, 30),

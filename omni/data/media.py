@@ -96,6 +96,7 @@ lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
 lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
 lib.espeak_Synth.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
                              ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p]
+lib.espeak_ng_SetRandSeed.argtypes = [ctypes.c_long]
 out = sys.stdout.buffer
 # AUDIO_OUTPUT_SYNCHRONOUS = 2; espeakINITIALIZE_DONT_EXIT = 0x8000 (errors return, no exit())
 rate = lib.espeak_Initialize(2, 0, data_path.encode(), 0x8000)
@@ -116,6 +117,9 @@ for line in sys.stdin.buffer:
     if pid == 0:
         status = 0
         try:
+            # espeak seeds its noise (whispering, the female voices' flutter) from the clock at
+            # start-up; a fixed seed per request makes the samples the same in every process.
+            lib.espeak_ng_SetRandSeed(1)
             for parameter, value in ((1, request["rate"]), (3, request["pitch"]), (2, 100), (4, 50)):
                 lib.espeak_SetParameter(parameter, value, 0)  # rate, pitch, volume, range
             if lib.espeak_SetVoiceByName(request["voice"].encode()) != 0:
