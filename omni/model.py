@@ -107,6 +107,21 @@ def _one_block(q_block, k_head, v_head, bias_head, scale, dtype):
     return matmul(jax.nn.softmax(logits, axis=-1), v_head, dtype, "qt,tk->qk")
 
 
+def _one_block_backward(q_block, k_head, v_head, bias_head, grad_block, scale, dtype):
+    """Gradients of `_one_block` with respect to q, k and v, written out."""
+    probs = jax.nn.softmax(matmul(q_block, k_head, dtype, "qk,tk->qt") * scale + bias_head, axis=-1)
+    grad_probs = matmul(grad_block, v_head, dtype, "qk,tk->qt")
+    grad_logits = probs * (grad_probs - jnp.sum(probs * grad_probs, axis=-1, keepdims=True)) * scale
+    dq = matmul(grad_logits, k_head, dtype, "qt,tk->qk")
+    # dk and dv contract over the queries. Transposing the [block, T] tiles first (they are
+    # small and in cache) keeps these products bf16 on XLA CPU, which otherwise ran them in f32.
+    probs_t = jax.lax.optimization_barrier(probs.astype(dtype).T)
+    grad_logits_t = jax.lax.optimization_barrier(grad_logits.astype(dtype).T)
+    dk = matmul(grad_logits_t, q_block, dtype, "tq,qk->tk")
+    dv = matmul(probs_t, grad_block, dtype, "tq,qk->tk")
+    return dq, dk, dv
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
 def _per_head_blocks(q_blocks, k, v, bias, scale, dtype):
     """q_blocks [B*heads, blocks, block, hd], k and v [B*heads, T, hd], bias [B*heads, T]. A custom
@@ -129,9 +144,7 @@ def _per_head_blocks_backward(scale, dtype, inputs, grad_out):
 
         def one_block(kv_grads, block):
             q_block, grad_block = block
-            _, pullback = jax.vjp(lambda q_, k_, v_: _one_block(q_, k_, v_, bias_head, scale, dtype),
-                                  q_block, k_head, v_head)
-            dq, dk, dv = pullback(grad_block)
+            dq, dk, dv = _one_block_backward(q_block, k_head, v_head, bias_head, grad_block, scale, dtype)
             return (kv_grads[0] + dk, kv_grads[1] + dv), dq
 
         zeros = (jnp.zeros_like(k_head), jnp.zeros_like(v_head))
