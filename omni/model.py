@@ -114,10 +114,10 @@ def _one_block_backward(q_block, k_head, v_head, bias_head, grad_block, scale, d
     grad_logits = probs * (grad_probs - jnp.sum(probs * grad_probs, axis=-1, keepdims=True)) * scale
     dq = matmul(grad_logits, k_head, dtype, "qt,tk->qk")
     # dk and dv contract over the queries. jax.vjp's backward left that to XLA CPU, which ran
-    # them as Eigen f32 products contracting over dimension 0. Transposing the small [block, T]
-    # tiles here, behind a barrier that stops XLA folding the transposes back into the products,
-    # lets its XNNPACK products run them (base batch 4: 16.67-17.15 s a step against 17.37-17.86
-    # without the barriers, 3 alternated rounds).
+    # them as Eigen f32 products contracting over dimension 0. With the small [block, T] tiles
+    # transposed here, its XNNPACK products run them. The barriers are there to keep XLA from
+    # folding the transposes back into the products; measured, base batch 4 took 16.67-17.15 s
+    # a step with them against 17.37-17.86 s without (3 alternated rounds).
     probs_t = jax.lax.optimization_barrier(probs.astype(dtype).T)
     grad_logits_t = jax.lax.optimization_barrier(grad_logits.astype(dtype).T)
     dk = matmul(grad_logits_t, q_block, dtype, "tq,qk->tk")
