@@ -101,15 +101,19 @@ def _attention_in_blocks(q, k, v, key_valid, scale, dtype, block):
     return out.transpose(0, 2, 1, 3)
 
 
+def _block_probs(q_block, k_head, bias_head, scale, dtype):
+    """Attention weights [block, T] of [block, head_dim] queries over one head's [T, head_dim] keys."""
+    return jax.nn.softmax(matmul(q_block, k_head, dtype, "qk,tk->qt") * scale + bias_head, axis=-1)
+
+
 def _one_block(q_block, k_head, v_head, bias_head, scale, dtype):
     """[block, head_dim] queries against one head's [T, head_dim] keys and values."""
-    logits = matmul(q_block, k_head, dtype, "qk,tk->qt") * scale + bias_head
-    return matmul(jax.nn.softmax(logits, axis=-1), v_head, dtype, "qt,tk->qk")
+    return matmul(_block_probs(q_block, k_head, bias_head, scale, dtype), v_head, dtype, "qt,tk->qk")
 
 
 def _one_block_backward(q_block, k_head, v_head, bias_head, grad_block, scale, dtype):
     """Gradients of `_one_block` with respect to q, k and v, written out."""
-    probs = jax.nn.softmax(matmul(q_block, k_head, dtype, "qk,tk->qt") * scale + bias_head, axis=-1)
+    probs = _block_probs(q_block, k_head, bias_head, scale, dtype)
     grad_probs = matmul(grad_block, v_head, dtype, "qk,tk->qt")
     grad_logits = probs * (grad_probs - jnp.sum(probs * grad_probs, axis=-1, keepdims=True)) * scale
     dq = matmul(grad_logits, k_head, dtype, "qt,tk->qk")
