@@ -24,7 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from omni import mup
 from omni.modalities import registry
-from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param
+from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param, transposed
 from omni.parallel import constrain, logical_to_spec, multi_device_mesh
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
@@ -49,34 +49,46 @@ REMAT_POLICIES = {
 }
 
 
-BLOCK = 256  # queries per block of the blocked attention
+# The blocked attention's queries per block: as many as keep a [block, T] tile of f32 scores
+# within about 2.5 MB. On this 2-core CPU (2 MB of L2 per core), base's 793 tokens ran fastest
+# in one block and 1600 tokens in blocks of 400 or fewer (one layer's forward and backward at
+# batch 4: 172-180 ms for 793 tokens in one block, 198-213 ms in 4 blocks; 625 ms for 1600
+# tokens in 4 blocks, 660 ms in 2).
+TILE_SCORES = 640_000
+
+
+def query_block(length: int) -> int:
+    """Queries per block for a sequence of `length` tokens, as even as possible: ceil(T / blocks)."""
+    blocks = -(-length * length // TILE_SCORES)
+    return -(-length // blocks)
 
 
 def attention_implementation(attention: str, length: int) -> str:
     """`model.attention` -> "einsum" (written out), "blocked", or the implementation of
     `jax.nn.dot_product_attention` ("xla" or "cudnn"). "fused" picks the fastest measured for a
     sequence of `length` tokens: cuDNN's flash attention on a GPU (an H100 ran gpu_1b's step in
-    0.92 s, against 1.08 s with XLA's); on a CPU, blocks for sequences longer than a block (base
-    at batch 4 ran 1.10-1.32x faster than written out, whose [B, heads, T, T] scores fall out of
-    cache at its 793 tokens) and written out for shorter ones (openclip_small's 65 tokens ran
-    3-8% slower in one block); written out elsewhere."""
+    0.92 s, against 1.08 s with XLA's); on a CPU, blocks for sequences longer than 256 tokens
+    (base at batch 4 ran 1.10-1.32x faster than written out, whose [B, heads, T, T] scores fall
+    out of cache at its 793 tokens) and written out for shorter ones (openclip_small's 65 tokens
+    ran 3-8% slower in one block, and again 4% slower after the blocks' products were made bf16:
+    median step 1.39 s against 1.34 s over 12 alternated rounds); written out elsewhere."""
     if attention != "fused":
         return attention
     if jax.default_backend() == "gpu":
         return "cudnn"
-    if jax.default_backend() == "cpu" and length > BLOCK:
+    if jax.default_backend() == "cpu" and length > 256:
         return "blocked"
     return "einsum"
 
 
-def blocked_attention(q, k, v, key_valid, scale, dtype, block: int = BLOCK):
-    """The written-out attention, one (example, head) at a time in blocks of about `block`
+def blocked_attention(q, k, v, key_valid, scale, dtype):
+    """The written-out attention, one (example, head) at a time in blocks of `query_block(T)`
     queries, recomputing the scores in the backward: on a CPU a [block, T] tile of scores stays
     in cache, where [B, heads, T, T] streams through memory several times. q, k, v: [B, T, heads,
     head_dim]; key_valid: [B, T]. Under a mesh it runs on each device's own examples and heads
     (`shard_map`), since a loop over a sharded axis would gather it."""
     mesh = multi_device_mesh()
-    local = functools.partial(_attention_in_blocks, scale=scale, dtype=dtype, block=block)
+    local = functools.partial(_attention_in_blocks, scale=scale, dtype=dtype)
     if mesh is None:
         return local(q, k, v, key_valid)
     per_token = logical_to_spec(("batch", "length", "heads", "head_dim"), q.shape, mesh)
@@ -85,10 +97,10 @@ def blocked_attention(q, k, v, key_valid, scale, dtype, block: int = BLOCK):
                          out_specs=per_token, check_vma=False)(q, k, v, key_valid)
 
 
-def _attention_in_blocks(q, k, v, key_valid, scale, dtype, block):
+def _attention_in_blocks(q, k, v, key_valid, scale, dtype):
     batch, length, heads, head_dim = q.shape
+    block = query_block(length)
     blocks = -(-length // block)
-    block = -(-length // blocks)  # as even as possible: 793 tokens -> 4 blocks of 199
 
     def per_head(a):  # [B, T, heads, head_dim] -> [B * heads, T, head_dim]
         return a.transpose(0, 2, 1, 3).reshape(batch * heads, length, head_dim)
@@ -117,15 +129,11 @@ def _one_block_backward(q_block, k_head, v_head, bias_head, grad_block, scale, d
     grad_probs = matmul(grad_block, v_head, dtype, "qk,tk->qt")
     grad_logits = probs * (grad_probs - jnp.sum(probs * grad_probs, axis=-1, keepdims=True)) * scale
     dq = matmul(grad_logits, k_head, dtype, "qt,tk->qk")
-    # dk and dv contract over the queries. jax.vjp's backward left that to XLA CPU, which ran
-    # them as Eigen f32 products contracting over dimension 0. With the small [block, T] tiles
-    # transposed here, its XNNPACK products run them. The barriers are there to keep XLA from
-    # folding the transposes back into the products; measured, base batch 4 took 16.67-17.15 s
-    # a step with them against 17.37-17.86 s without (3 alternated rounds).
-    probs_t = jax.lax.optimization_barrier(probs.astype(dtype).T)
-    grad_logits_t = jax.lax.optimization_barrier(grad_logits.astype(dtype).T)
-    dk = matmul(grad_logits_t, q_block, dtype, "tq,qk->tk")
-    dv = matmul(probs_t, grad_block, dtype, "tq,qk->tk")
+    # dk and dv contract over the queries: the [block, T] tiles are transposed in memory, or
+    # XLA CPU runs these products in f32 (one layer of base's attention at batch 4, forward and
+    # backward, took 186 ms with `.T` here, and 172 ms with `transposed`).
+    dk = matmul(transposed(grad_logits.astype(dtype)), q_block, dtype, "tq,qk->tk")
+    dv = matmul(transposed(probs.astype(dtype)), grad_block, dtype, "tq,qk->tk")
     return dq, dk, dv
 
 
@@ -229,12 +237,15 @@ class Transformer(nnx.Module):
         if attention == "einsum":
             bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
 
+        # under remat the blocks' inputs are recomputed for the backward pass: see `matmul`
+        project = functools.partial(matmul, dtype=dtype, x_rematerialized=self.remat != "none")
+
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
             y = layer_norm(h, p["ln1_scale"], p["ln1_bias"])
-            q = matmul(y, p["wq"], dtype, "btd,dhk->bthk")
-            k = matmul(y, p["wk"], dtype, "btd,dhk->bthk")
-            v = matmul(y, p["wv"], dtype, "btd,dhk->bthk")
+            q = project(y, p["wq"], spec="btd,dhk->bthk")
+            k = project(y, p["wk"], spec="btd,dhk->bthk")
+            v = project(y, p["wv"], spec="btd,dhk->bthk")
             if attention == "einsum":
                 logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
                 weights = jax.nn.softmax(logits, axis=-1)
@@ -245,10 +256,10 @@ class Transformer(nnx.Module):
                 attended = jax.nn.dot_product_attention(
                     q.astype(dtype), k.astype(dtype), v.astype(dtype), scale=scale,
                     key_value_seq_lengths=counts, implementation=attention)
-            h = h + matmul(attended, p["wo"], dtype, "bqhk,hkd->bqd")
+            h = h + project(attended, p["wo"], spec="bqhk,hkd->bqd")
             y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
-            y = jax.nn.gelu(matmul(y, p["w_in"], dtype, "btd,df->btf") + p["b_in"])
-            return (h + matmul(y, p["w_out"], dtype, "btf,fd->btd") + p["b_out"]).astype(residual_dtype)
+            y = jax.nn.gelu(project(y, p["w_in"], spec="btd,df->btf") + p["b_in"])
+            return (h + project(y, p["w_out"], spec="btf,fd->btd") + p["b_out"]).astype(residual_dtype)
 
         if self.remat != "none":
             block = jax.checkpoint(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)

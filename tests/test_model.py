@@ -133,13 +133,16 @@ def test_siglip_bias_starts_at_the_batch_prior(setup):
 
 
 @pytest.mark.parametrize("attention, length", [("xla", 11), ("blocked", 300)])
-def test_other_attentions_equal_the_written_out_one(attention, length):
+def test_other_attentions_equal_the_written_out_one(attention, length, monkeypatch):
     """xla: jax.nn.dot_product_attention on each example's valid tokens moved to the front, masked
     by a length (the form cuDNN's flash kernel takes; an odd length is padded). blocked: per
-    (example, head) in blocks of queries (300 tokens: 2 blocks of 150). Outputs and gradients must
-    equal the einsum path's, with invalid tokens scattered through the sequence and one example
-    without any valid token."""
+    (example, head) in blocks of queries (300 tokens: 2 blocks of 150, by a smaller tile). Outputs
+    and gradients must equal the einsum path's, with invalid tokens scattered through the
+    sequence and one example without any valid token."""
+    from omni import model
     from omni.model import Transformer
+    monkeypatch.setattr(model, "TILE_SCORES", 300 * 150)
+    assert model.query_block(300) == 150
     config = small_config()
     reference = Transformer(config, nnx.Rngs(params=0))
     library = Transformer(small_config(f"--config.model.attention={attention}"), nnx.Rngs(params=0))

@@ -21,19 +21,28 @@ def rounded(a):
     ("btd,df->btf", (2, 5, 8), (8, 12)),
     ("btd,dhk->bthk", (2, 5, 8), (8, 3, 4)),
     ("bqhk,hkd->bqd", (2, 5, 3, 4), (3, 4, 8)),
+    # with x rematerialized, dw's product transposes whichever of x and the cotangent writes out
+    # fewer elements:
+    ("btf,fd->btd", (2, 50, 16), (16, 4)),  # the cotangent, then dw [d, f] back to [f, d]
+    ("bld,vd->blv", (2, 5, 4), (16, 4)),  # x, then dw [d, v] to w's order [v, d]
+    ("bld,vd->blv", (2, 50, 4), (3, 4)),  # the cotangent, giving dw in w's order [v, d]
+    ("...i,io->...o", (2, 3, 5, 8), (8, 6)),
 ])
-def test_bf16_backward_is_the_f32_formula_on_rounded_operands(spec, x_shape, w_shape):
+@pytest.mark.parametrize("x_rematerialized", [False, True])
+def test_bf16_backward_is_the_f32_formula_on_rounded_operands(spec, x_shape, w_shape, x_rematerialized):
     rng = np.random.default_rng(0)
     x = rng.normal(size=x_shape).astype(np.float32)
     w = rng.normal(size=w_shape).astype(np.float32)
     out_shape = jax.eval_shape(lambda a, b: jnp.einsum(spec, a, b), x, w).shape
     cotangent = rng.normal(size=out_shape).astype(np.float32)
 
-    out, vjp = jax.vjp(lambda a, b: matmul(a, b, jnp.bfloat16, spec), x, w)
+    out, vjp = jax.vjp(lambda a, b: matmul(a, b, jnp.bfloat16, spec, x_rematerialized), x, w)
     dx, dw = vjp(jnp.asarray(cotangent))
     assert out.dtype == dx.dtype == dw.dtype == jnp.float32
 
     # The reference: the same products in f32 (numpy) on the values rounded to bf16.
+    leading = len(x_shape) - len(spec.split(",")[0].replace("...", ""))
+    spec = spec.replace("...", "ABCD"[:leading])  # numpy sums no '...' away
     inputs, result = spec.split("->")
     x_spec, w_spec = inputs.split(",")
     xr, wr, gr = rounded(x), rounded(w), rounded(cotangent)
