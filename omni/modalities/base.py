@@ -112,13 +112,6 @@ def transposed(a):
     return a[None].transpose(0, 2, 1).reshape(a.shape[1], a.shape[0])
 
 
-def _as_matrix(a, spec: str, first: str, second: str):
-    """a (indices `spec`) as a matrix [first, second]."""
-    size = dict(zip(spec, a.shape))
-    shape = (int(np.prod([size[i] for i in first])), int(np.prod([size[i] for i in second])))
-    return jnp.einsum(f"{spec}->{first}{second}", a).reshape(shape)
-
-
 def _weight_gradient(x, g, spec: str):
     """dw of einsum(spec, x, w) given the cotangent g, for an x recomputed in the backward pass.
     As matrices, x is [rows, contracted] and g [rows, kept] (rows: x's indices that w lacks), and
@@ -138,8 +131,11 @@ def _weight_gradient(x, g, spec: str):
     rows = "".join(i for i in x_spec if i not in w_spec)
     contracted = "".join(i for i in x_spec if i in w_spec)
     kept = "".join(i for i in w_spec if i not in x_spec)
-    x2, g2 = _as_matrix(x, x_spec, rows, contracted), _as_matrix(g, out, rows, kept)
-    dw_size = x2.shape[1] * g2.shape[1]
+    size = dict(zip(x_spec, x.shape)) | dict(zip(out, g.shape))
+    count = lambda indices: int(np.prod([size[i] for i in indices]))  # noqa: E731
+    x2 = jnp.einsum(f"{x_spec}->{rows}{contracted}", x).reshape(count(rows), count(contracted))
+    g2 = jnp.einsum(f"{out}->{rows}{kept}", g).reshape(count(rows), count(kept))
+    dw_size = count(contracted) * count(kept)
     if x2.size + dw_size * (w_spec != contracted + kept) <= g2.size + dw_size * (w_spec != kept + contracted):
         first, second = contracted, kept
         dw = jnp.dot(transposed(x2), g2, preferred_element_type=jnp.float32)
@@ -148,7 +144,6 @@ def _weight_gradient(x, g, spec: str):
         dw = jnp.dot(transposed(g2), x2, preferred_element_type=jnp.float32)
     if w_spec != first + second and w_spec == second + first:
         dw, first, second = transposed(dw), second, first
-    size = dict(zip(x_spec, x.shape)) | dict(zip(out, g.shape))
     return jnp.einsum(f"{first}{second}->{w_spec}", dw.reshape([size[i] for i in first + second]))
 
 
