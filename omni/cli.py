@@ -3,8 +3,21 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
+
+import jax
+
+from omni import bench
+from omni.config import load_config
+from omni.data.manifest import build
+from omni.errors import ConfigError, Preempted
+from omni.eval import commands as eval_commands
+from omni.eval.periodic import PeriodicEvaluator
+from omni.export import cli_embed, export_bundle
+from omni.scaling.commands import cli_fit, cli_sweep
+from omni.train import train
 
 
 def _split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -125,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["embed"] + _positionals_first(argv[1:], {"--modality", "--out", "--text"})
     rest, overrides = _split_overrides(argv)
     args = _parser().parse_args(rest)
-    from omni.config import ConfigError
     try:
         if args.command == "train":
             return _train(args, overrides)
@@ -134,25 +146,17 @@ def main(argv: list[str] | None = None) -> int:
         if overrides:
             raise ConfigError(f"--config.* overrides only apply to train, plan and bench (got {overrides[0]})")
         if args.command == "data":
-            return _data_build(args)
+            return _print(_data_build(args))
         if args.command == "eval":
-            return _eval(args)
+            return _print(_eval(args))
         if args.command == "sweep":
-            from omni.scaling import cli_sweep
-            print(json.dumps(cli_sweep(args.config, args.out, only=args.only)))
-            return 0
+            return _print(cli_sweep(args.config, args.out, only=args.only))
         if args.command == "scaling":
-            from omni.scaling import cli_fit
-            print(json.dumps(cli_fit(args.dir)))
-            return 0
+            return _print(cli_fit(args.dir))
         if args.command == "export":
-            from omni.export import cli_export
-            print(json.dumps(cli_export(args.workdir, args.out)))
-            return 0
+            return _print(export_bundle(args.workdir, args.out))
         if args.command == "embed":
-            from omni.export import cli_embed
-            print(json.dumps(cli_embed(args.bundle, args.modality, args.files, args.text, args.out)))
-            return 0
+            return _print(cli_embed(args.bundle, args.modality, args.files, args.text, args.out))
     except ConfigError as e:
         print(f"omni: config error: {e}", file=sys.stderr)
         return 2
@@ -162,20 +166,22 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
+def _print(result: dict) -> int:
+    print(json.dumps(result))
+    return 0
+
+
 def _train(args, overrides) -> int:
-    from omni.config import load_config
     config = load_config(args.config, overrides)
     workdir = Path(args.workdir or Path("runs") / config.name)
-    from omni.train import Preempted, train
     try:
-        metrics = train(config, workdir)
+        metrics = train(config, workdir, evaluator=PeriodicEvaluator())
     except Preempted as e:
         print(f"omni: {e}", file=sys.stderr)
         return 0
     except FloatingPointError as e:  # too many consecutive non-finite steps (train.max_bad_steps)
         print(f"omni: {e}", file=sys.stderr)
         return 3
-    import jax
     if jax.process_index() == 0:
         summary = {k: v for k, v in metrics.items() if k == "loss" or k.startswith("eval/")}
         print(json.dumps({"workdir": str(workdir), **summary}))
@@ -183,64 +189,39 @@ def _train(args, overrides) -> int:
 
 
 def _plan_or_bench(args, overrides) -> int:
-    import os
     if getattr(args, "devices", None):
-        # Must be set before jax starts its backend: simulate the devices the mesh asks for.
+        # Read when jax starts its backend (at the first device query, after this): simulate the
+        # devices the mesh asks for, on the CPU.
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.devices}")
-        os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    from omni import bench
-    from omni.config import load_config
+        jax.config.update("jax_platforms", "cpu")
     config = load_config(args.config, overrides)
     if args.command == "plan":
-        result = bench.plan(config)
-    else:
-        result = bench.bench(config, steps=args.steps, pipeline_batches=args.pipeline_batches,
-                             synthetic=args.synthetic, profile_dir=args.profile)
-    print(json.dumps(result))
-    return 0
+        return _print(bench.plan(config))
+    return _print(bench.bench(config, steps=args.steps, pipeline_batches=args.pipeline_batches,
+                              synthetic=args.synthetic, profile_dir=args.profile))
 
 
-def _data_build(args) -> int:
-    from omni.data.manifest import build
+def _data_build(args) -> dict:
     summary = build(args.manifest, args.out, test_fraction=args.test_fraction, on_error=args.on_error)
-    print(json.dumps({"out": args.out, **summary}))
-    return 0
+    return {"out": args.out, **summary}
 
 
-def _eval(args) -> int:
-    from omni import evaluate
+def _eval(args) -> dict:
     command = args.eval_command
     if command == "linear_probe":
-        result = evaluate.cli_linear_probe(args.workdir, args.data, args.modality, args.train_split, args.split,
-                                           args.max_examples, args.max_train)
-    elif command == "paired":
-        result = evaluate.cli_paired(args.workdir, args.pairs)
-    elif command == "robustness":
-        result = evaluate.cli_robustness(args.workdir, args.data, args.split, args.modalities, args.template,
-                                         args.fusion, args.max_examples)
-    elif command == "zeroshot":
-        result = evaluate.cli_zeroshot(args.workdir, args.data, args.split, args.modality, args.template,
+        return eval_commands.cli_linear_probe(args.workdir, args.data, args.modality, args.train_split, args.split,
+                                              args.max_examples, args.max_train)
+    if command == "paired":
+        return eval_commands.cli_paired(args.workdir, args.pairs)
+    if command == "robustness":
+        return eval_commands.cli_robustness(args.workdir, args.data, args.split, args.modalities, args.template,
+                                            args.fusion, args.max_examples)
+    if command == "zeroshot":
+        return eval_commands.cli_zeroshot(args.workdir, args.data, args.split, args.modality, args.template,
+                                          args.max_examples)
+    return eval_commands.cli_retrieval(args.workdir, args.data, args.split, args.query, args.target,
                                        args.max_examples)
-    else:
-        result = _eval_retrieval(args)
-    print(json.dumps(result))
-    return 0
-
-
-def _eval_retrieval(args) -> dict:
-    import jax
-
-    from omni import evaluate
-    from omni.data import pipeline
-    from omni.data.records import open_split
-    config, setup, params, assets, step = evaluate.load_run(args.workdir)
-    source = open_split(args.data or pipeline.resolve_data_dir(config), args.split)
-    with jax.set_mesh(setup.mesh):
-        result = evaluate.retrieval(setup, params, source, config, assets, args.query, args.target,
-                                    args.max_examples)
-    evaluate.write_result(args.workdir, f"retrieval-{args.split}-{args.query}-{args.target}", result, step=step)
-    return result
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""Load a config file, apply `--config.a.b=v` overrides, and validate before anything compiles.
+"""Load a config file and apply `--config.a.b=v` overrides; resolve the mesh shape.
 
 A config is a Python file with `get_config() -> ml_collections.ConfigDict` (see configs/).
 Every check here fails with ONE line that names the key and what is wrong, so that a bad
-launch costs seconds, not a compile.
+launch costs seconds, not a compile. The checks that need the modalities and objectives live in
+omni.validation, one layer up.
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import ml_collections
 
+from omni.errors import ConfigError
+
 REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "tiny.py"
 
 
-class ConfigError(ValueError):
-    """A config that cannot work; the message is one line naming the key."""
 
 
 def resolve_config_path(path: str | None) -> Path:
@@ -108,7 +109,7 @@ def _parse_like(raw: str, current):
 
 
 # ----------------------------------------------------------------------------------------------
-# Validation: everything that can be known before compiling.
+# The mesh: its shape from the config and the devices present.
 # ----------------------------------------------------------------------------------------------
 
 def resolve_mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
@@ -135,52 +136,6 @@ def resolve_mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
             f"mesh {'x'.join(map(str, sizes))} uses {total} of the {num_devices} devices; use them all "
             "(set one axis to -1)")
     return tuple(sizes)
-
-
-def validate(config, num_devices: int) -> None:
-    """Raise ConfigError (one line) for any config that cannot work."""
-    from omni.modalities import registry  # late import: config has no model dependencies
-
-    data, fsdp, _ = resolve_mesh_shape(config, num_devices)
-    batch = int(config.train.batch_size)
-    if batch <= 0:
-        raise ConfigError(f"train.batch_size={batch} must be positive")
-    if batch % (data * fsdp):
-        raise ConfigError(
-            f"train.batch_size={batch} is not divisible by the data-parallel size "
-            f"mesh.data*mesh.fsdp={data * fsdp}")
-    if config.model.width % config.model.heads:
-        raise ConfigError(
-            f"model.width={config.model.width} is not divisible by model.heads={config.model.heads}")
-    for name in config.modalities:
-        if name not in registry.MODALITIES:
-            raise ConfigError(
-                f"modalities.{name}: unknown modality (known: {', '.join(sorted(registry.MODALITIES))})")
-        registry.MODALITIES[name].validate(config)
-    known_objectives = set(registry.masked_objectives()) | {"mmm", "contrastive"}
-    for name in config.loss:
-        if name not in known_objectives:
-            raise ConfigError(f"loss.{name}: unknown objective (known: {', '.join(sorted(known_objectives))})")
-    if not registry.active_objectives(config):
-        raise ConfigError("every loss.<objective>.weight of the configured modalities "
-                          f"({', '.join(config.modalities.keys())}) is zero: nothing would be trained")
-    if config.loss.contrastive.kind not in ("siglip", "infonce"):
-        raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
-    if config.model.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.dtype='{config.model.dtype}': use float32 or bfloat16")
-    if config.model.get("residual_dtype", "float32") not in ("float32", "bfloat16"):
-        raise ConfigError(f"model.residual_dtype='{config.model.residual_dtype}': use float32 or bfloat16")
-    if config.model.remat not in ("none", "full", "dots"):
-        raise ConfigError(f"model.remat='{config.model.remat}': use none, full or dots")
-    if config.model.parametrization not in ("sp", "mup"):
-        raise ConfigError(f"model.parametrization='{config.model.parametrization}': use sp or mup")
-    if config.model.attention not in ("einsum", "blocked", "xla", "cudnn", "fused"):
-        raise ConfigError(f"model.attention='{config.model.attention}': "
-                          "use einsum, blocked, xla, cudnn or fused")
-    if config.data.on_error not in ("skip", "raise"):
-        raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
-    if config.train.steps < 1:
-        raise ConfigError(f"train.steps={config.train.steps} must be at least 1")
 
 
 def to_json(config) -> str:

@@ -12,14 +12,13 @@ With the width multiplier m = model.width / model.mup_base_width:
   * attention logits are q.k * sqrt(base_head_dim) / head_dim instead of q.k / sqrt(head_dim).
 At width == mup_base_width both parametrisations are the same model.
 
-`coordinate_check` measures how much a few Adam steps move the transformer's output activations
-at several widths: flat under muP, growing with width under the standard parametrisation.
+omni.bench.coordinate_check measures how much a few Adam steps move the transformer's output
+activations at several widths: flat under muP, growing with width under the standard one.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 HIDDEN_MATRICES = ("wq", "wk", "wv", "wo", "w_in", "w_out")
@@ -63,47 +62,3 @@ def scale_updates(multipliers: dict) -> optax.GradientTransformation:
         return jax.tree.map(lambda u, m: u * m, updates, multipliers), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
-
-
-def coordinate_check(widths, parametrization: str, steps: int = 3, lr: float = 1e-2,
-                     base_overrides=()) -> list[float]:
-    """Mean |change| of the transformer's output activations on one fixed batch after `steps`
-    Adam steps at a fixed learning rate, for each width (heads fixed, head_dim grows)."""
-    from flax import nnx
-
-    from omni import config as config_lib, parallel
-    from omni.bench import _synthetic_batch
-    from omni.train import build_setup
-
-    sizes = []
-    for width in widths:
-        config = config_lib.load_config(None, list(base_overrides) + [
-            f"--config.model.width={width}", f"--config.model.embed_dim={width}",
-            f"--config.model.parametrization={parametrization}", f"--config.train.lr={lr}",
-            "--config.train.warmup_steps=0", "--config.train.min_lr_ratio=1.0",
-            "--config.train.weight_decay=0.0", "--config.train.grad_clip=1000000.0",
-            f"--config.train.steps={steps + 1}"])
-        mesh = parallel.make_mesh((1, 1, 1))
-        setup = build_setup(config, mesh)
-        state = setup.init_state()
-        batch = _synthetic_batch(config, setup)
-
-        def hidden(params):
-            model = nnx.merge(setup.graphdef, params)
-            tokens, valid = model.stems["text"].embed(batch, jnp.float32)
-            x, valid = model.sequence("text", tokens, valid, jnp.ones(tokens.shape[0], bool))
-            return model.encoder(x, valid)
-
-        hidden = jax.jit(hidden)
-        before = hidden(state["params"])
-        step = setup.compile_train_step()
-        with jax.set_mesh(mesh):
-            for _ in range(steps):
-                state, _ = step(state, batch)
-        sizes.append(float(jnp.mean(jnp.abs(hidden(state["params"]) - before))))
-    return sizes
-
-
-def coordinate_growth(sizes) -> float:
-    """Largest-width size over smallest-width size (1 = flat)."""
-    return float(np.asarray(sizes)[-1] / np.asarray(sizes)[0])

@@ -12,7 +12,8 @@ from omni import config as config_lib, parallel
 from omni.data import pipeline
 from omni.data.records import open_split
 from omni.modalities.text import BPETokenizer
-from omni.train import build_setup
+from omni.run.setup import build_setup
+from omni.validation import validate
 from tests.conftest import SMALL
 
 
@@ -20,7 +21,7 @@ def run(steps: int, shape: str) -> dict:
     data, fsdp, tensor = shape.split("x")
     overrides = [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}"]
     config = config_lib.load_config(None, SMALL + overrides)
-    config_lib.validate(config, jax.device_count())
+    validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
     source = open_split(pipeline.resolve_data_dir(config), "train")
     assets = {"tokenizer": BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)}

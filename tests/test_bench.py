@@ -3,7 +3,7 @@ leaves a trace a profiler can open."""
 import pytest
 
 from omni.bench import bench
-from omni.train import model_flops_per_step, tokens_per_step
+from omni.flops import model_flops_per_step, tokens_per_step
 from tests.conftest import small_config
 
 

@@ -3,7 +3,8 @@ import subprocess
 
 import pytest
 
-from omni.config import ConfigError, load_config, resolve_mesh_shape, validate
+from omni.config import ConfigError, load_config, resolve_mesh_shape
+from omni.validation import validate
 from tests.conftest import omni_command
 
 
@@ -98,7 +99,7 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 def test_resuming_with_another_model_shape_is_refused(tmp_path):
     """A workdir's checkpoints fix the model's shapes: a different width is one clear line, and
     compute-only keys (dtype, remat) may change on resume."""
-    from omni.train import check_resume_compatible
+    from omni.train.guards import check_resume_compatible
     from omni import config as config_lib
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "config.json").write_text(config_lib.to_json(load_config(None)))

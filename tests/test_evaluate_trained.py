@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omni import evaluate
+from omni.eval.commands import cli_linear_probe, cli_paired, cli_robustness
+from omni.eval.embedding import ListSource, embed_records
+from omni.eval.paired import winoground_scores
+from omni.eval.periodic import periodic_evaluations
+from omni.eval.probe import PROBE_CS
+from omni.eval.retrieval import retrieval_during_training
+from omni.eval.robustness import fused_embed_records, missing_modality
+from omni.eval.zeroshot import class_embeddings, zeroshot
+from omni.run.load import load_run
 from tests.conftest import small_config
 from tests.test_train import COLORS, write_manifest
 
@@ -30,7 +38,7 @@ def run(tmp_path_factory):
                           "--config.loss.mlm.weight=0", "--config.loss.mim.weight=0", "--config.loss.mmm.weight=0")
     workdir = root / "run"
     train(config, workdir)
-    return workdir, data, evaluate.load_run(workdir)
+    return workdir, data, load_run(workdir)
 
 
 def _split(data, name):
@@ -41,24 +49,24 @@ def _split(data, name):
 def test_template_ensemble_on_the_model(run):
     _, data, (config, setup, params, assets, _) = run
     classes = sorted(COLORS)
-    each = [evaluate.class_embeddings(setup, params, config, assets, classes, t) for t in TEMPLATES]
-    together = evaluate.class_embeddings(setup, params, config, assets, classes, TEMPLATES)
+    each = [class_embeddings(setup, params, config, assets, classes, t) for t in TEMPLATES]
+    together = class_embeddings(setup, params, config, assets, classes, TEMPLATES)
     mean = np.mean(each, axis=0)
     np.testing.assert_allclose(together, mean / np.linalg.norm(mean, axis=-1, keepdims=True), atol=1e-6)
 
     source = _split(data, "test")
-    one = evaluate.zeroshot(setup, params, source, config, assets, "image", TEMPLATES[0])
-    assert evaluate.zeroshot(setup, params, source, config, assets, "image", [TEMPLATES[0]]) == one
+    one = zeroshot(setup, params, source, config, assets, "image", TEMPLATES[0])
+    assert zeroshot(setup, params, source, config, assets, "image", [TEMPLATES[0]]) == one
     assert set(one) == {"accuracy", "n", "classes"} and one["classes"] == 4
-    ensembled = evaluate.zeroshot(setup, params, source, config, assets, "image", TEMPLATES)
+    ensembled = zeroshot(setup, params, source, config, assets, "image", TEMPLATES)
     assert ensembled["n"] == one["n"]
     assert ensembled["accuracy"] > 0.25, ensembled  # 4 colours: chance is 1/4
 
 
 def test_linear_probe_on_the_model(run):
     workdir, data, loaded = run
-    result = evaluate.cli_linear_probe(workdir, data, "image", run=loaded)
-    assert result["classes"] == 4 and result["n"] >= 8 and result["C"] in evaluate.PROBE_CS
+    result = cli_linear_probe(workdir, data, "image", run=loaded)
+    assert result["classes"] == 4 and result["n"] >= 8 and result["C"] in PROBE_CS
     # The colour is a linear function of the pixels: a probe on even a 40-step model beats chance.
     assert result["accuracy"] > 0.25, result
     saved = json.loads((workdir / "eval" / "linear_probe-test-image.json").read_text())
@@ -79,16 +87,16 @@ def test_paired_compositional_on_the_model(run, tmp_path):
                       "image_0": f"img/{g}-0.png", "image_1": f"img/{g}-1.png"})
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("\n".join(json.dumps(line) for line in lines) + "\n")
-    result = evaluate.cli_paired(workdir, pairs, run=loaded)
+    result = cli_paired(workdir, pairs, run=loaded)
     assert result["n"] == 3 and result["modality"] == "image"
     # The scores are those of the similarity matrices built by hand from the unimodal embeddings.
     captions = [{"id": f"{k}", "text": line[f"caption_{i}"]} for k, line in enumerate(lines) for i in (0, 1)]
     images = [{"id": f"{k}", "image": (pairs.parent / line[f"image_{i}"]).read_bytes()}
               for k, line in enumerate(lines) for i in (0, 1)]
-    zc, _ = evaluate.embed_records(setup, params, evaluate.ListSource(captions), config, assets, "text")
-    zi, _ = evaluate.embed_records(setup, params, evaluate.ListSource(images), config, assets, "image")
+    zc, _ = embed_records(setup, params, ListSource(captions), config, assets, "text")
+    zi, _ = embed_records(setup, params, ListSource(images), config, assets, "image")
     similarity = np.einsum("gie,gje->gij", zc.reshape(3, 2, -1), zi.reshape(3, 2, -1))
-    expected = evaluate.winoground_scores(similarity)
+    expected = winoground_scores(similarity)
     for key in ("text_score", "image_score", "group_score"):
         assert result[key] == expected[key]
     assert (workdir / "eval" / "paired-pairs.json").exists()
@@ -100,23 +108,23 @@ def test_missing_modality_on_the_model(run):
     source = _split(data, "test")
     # With one modality left, the joint (early-fusion) pass equals that modality's unimodal embedding.
     conditions = [("image",), ("text",), ("text", "image")]
-    fused, records = evaluate.fused_embed_records(setup, params, source, config, assets, ["text", "image"],
+    fused, records = fused_embed_records(setup, params, source, config, assets, ["text", "image"],
                                                   conditions, "early")
     assert len(records) >= 8
     for name in ("image", "text"):
-        z, kept = evaluate.embed_records(setup, params, evaluate.ListSource(records), config, assets, name)
+        z, kept = embed_records(setup, params, ListSource(records), config, assets, name)
         assert [r["id"] for r in kept] == [r["id"] for r in records]
         np.testing.assert_allclose(fused[(name,)], z, atol=1e-5)
     both = fused[("text", "image")]
     assert np.abs(both - fused[("image",)]).max() > 1e-3  # the other modality is really seen
 
-    early = evaluate.cli_robustness(workdir, data, template=TEMPLATES, run=loaded)
-    late = evaluate.missing_modality(setup, params, source, config, assets, None, TEMPLATES, "late")
+    early = cli_robustness(workdir, data, template=TEMPLATES, run=loaded)
+    late = missing_modality(setup, params, source, config, assets, None, TEMPLATES, "late")
     assert set(early["accuracy"]) == {"all", "without_text", "without_image"} and early["n"] == len(records)
     # Dropping a modality leaves the same single-modality input under either fusion.
     for key in ("without_text", "without_image"):
         assert early["accuracy"][key] == late["accuracy"][key]
-    image_only = evaluate.zeroshot(setup, params, evaluate.ListSource(records), config, assets, "image", TEMPLATES)
+    image_only = zeroshot(setup, params, ListSource(records), config, assets, "image", TEMPLATES)
     assert early["accuracy"]["without_text"] == image_only["accuracy"]
     assert early["drop"]["text"] == pytest.approx(early["accuracy"]["all"] - early["accuracy"]["without_text"])
     assert (workdir / "eval" / "robustness-test-early.json").exists()
@@ -129,8 +137,8 @@ def test_periodic_evaluations(run):
         config.eval.tasks = "retrieval,zeroshot,linear_probe,robustness"
         config.eval.templates = "|".join(TEMPLATES)
     with jax.set_mesh(setup.mesh):
-        metrics = evaluate.periodic_evaluations(setup, params, config, assets, data)
-        before = evaluate.retrieval_during_training(setup, params, _split(data, "test"), config, assets)
+        metrics = periodic_evaluations(setup, params, config, assets, data)
+        before = retrieval_during_training(setup, params, _split(data, "test"), config, assets)
     assert {k: v for k, v in metrics.items() if k.startswith("eval/retrieval/")} == before
     for key in ("eval/zeroshot/image/accuracy", "eval/linear_probe/image/accuracy",
                 "eval/linear_probe/image/val_accuracy", "eval/robustness/accuracy/all",

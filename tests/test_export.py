@@ -38,7 +38,7 @@ def write_images(folder: Path, count: int) -> list[Path]:
 def no_peak_flops_benchmark():
     """train() times a 2048^3 matmul for its MFU figure: seconds on 2 cores that these tests skip."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("omni.train.measure_peak_flops", lambda *args, **kwargs: 1e12)
+        patch.setattr("omni.train.loop.measure_peak_flops", lambda *args, **kwargs: 1e12)
         yield
 
 
@@ -67,7 +67,7 @@ def bundle(tmp_path_factory):
     """A 10-step run on 24 examples holding text + image + audio + video + smell, exported."""
     from omni.config import load_config
     from omni.data.manifest import build
-    from omni.export import cli_export
+    from omni.export import export_bundle as cli_export
     from omni.train import train
 
     root = tmp_path_factory.mktemp("export")
@@ -130,7 +130,7 @@ def test_embed_in_fresh_process_equals_framework(bundle, tmp_path):
     import jax
 
     from omni.data.pipeline import ExampleEncoder, stack
-    from omni.evaluate import load_run
+    from omni.run.load import load_run
     from omni.modalities.smell import stored_smell
 
     path, workdir, _, (images, wavs, clips), _ = bundle
@@ -263,7 +263,7 @@ def test_finetuning_starts_from_the_bundle_weights(bundle, tmp_path):
     import jax
     from safetensors.numpy import load_file
 
-    from omni.evaluate import load_run
+    from omni.run.load import load_run
     from omni.export import flatten_params
     from omni.train import train
 

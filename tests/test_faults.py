@@ -80,7 +80,7 @@ def test_consecutive_non_finite_steps_stop_the_run_with_a_diagnostic(tmp_path):
     """A learning rate of 1e30 blows the weights up after one update; every later step is then
     non-finite, is skipped, and after train.max_bad_steps of them the run stops, naming the
     objectives, with finite weights in its checkpoints."""
-    from omni.evaluate import load_run
+    from omni.run.load import load_run
 
     workdir = tmp_path / "diverged"
     process = start_train(workdir, SMALL + [

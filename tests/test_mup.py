@@ -2,7 +2,7 @@
 amount at every width under muP, and by more at larger widths under the standard parametrisation."""
 import pytest
 
-from omni.mup import coordinate_check, coordinate_growth
+from omni.bench import coordinate_check, coordinate_growth
 from tests.conftest import SMALL
 
 WIDTHS = [32, 256]  # head count fixed, so head_dim grows 8x too

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from omni import parallel
-from omni.bench import _synthetic_batch
+from omni.bench import synthetic_batch
 from omni.modalities.base import matmul
-from omni.train import build_setup
+from omni.run.setup import build_setup
 from tests.conftest import SMALL_ALL, small_config
 
 
@@ -67,7 +67,7 @@ def test_bf16_train_step_runs_and_tracks_f32():
         setup = build_setup(config, mesh)
         with jax.set_mesh(mesh):
             step = setup.compile_train_step()
-            batch = _synthetic_batch(config, setup)
+            batch = synthetic_batch(config, setup)
             state, _ = step(setup.init_state(), batch)  # warmup lr is 0 at step 0
             state, metrics = step(state, batch)
         assert int(metrics["skipped"]) == 0

@@ -117,7 +117,7 @@ def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
 
 
 def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
-    from omni.train import model_flops_per_step
+    from omni.flops import model_flops_per_step
 
     common = SMALL + ["--config.train.steps=3", "--config.train.eval_every=0", "--config.train.log_every=1",
                       "--config.train.checkpoint_every=100"]

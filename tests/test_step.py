@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from omni import parallel
-from omni.bench import _synthetic_batch
-from omni.train import build_setup
+from omni.bench import synthetic_batch
+from omni.run.setup import build_setup
 from tests.conftest import small_config
 
 
@@ -16,7 +16,7 @@ def compiled():
     config = small_config()
     mesh = parallel.make_mesh((1, 1, 1))
     setup = build_setup(config, mesh)
-    return setup, setup.compile_train_step(), _synthetic_batch(config, setup)
+    return setup, setup.compile_train_step(), synthetic_batch(config, setup)
 
 
 def copy(tree):

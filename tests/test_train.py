@@ -50,12 +50,13 @@ def trained_run(tmp_path_factory):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     built = json.loads(result.stdout)
+    from omni.eval.periodic import PeriodicEvaluator
     from omni.train import train
     config = small_config(f"--config.data.path={data}", "--config.train.steps=80", "--config.train.log_every=5",
                           "--config.train.eval_every=40", "--config.train.checkpoint_every=40",
                           "--config.train.warmup_steps=10")
     workdir = root / "run"
-    last = train(config, workdir)
+    last = train(config, workdir, evaluator=PeriodicEvaluator())
     return built, workdir, data, last
 
 

@@ -16,13 +16,13 @@ import sys
 from pathlib import Path
 
 from omni.data.records import write_dataset
+from omni.errors import ManifestError
 from omni.modalities import registry
 
-KNOWN_FIELDS = {"id", "split", "label", *registry.MODALITIES}
 
-
-class ManifestError(ValueError):
-    pass
+def known_fields() -> set[str]:
+    """Fields a manifest line may hold: id, split, label and every registered modality."""
+    return {"id", "split", "label", *registry.MODALITIES}
 
 
 def stable_split(key: str, test_fraction: float) -> str:
@@ -61,10 +61,11 @@ def _record(where: str, entry: dict, root: Path, log, strict: bool, dropped_fiel
     """One manifest object -> a record; raises _LineError when no usable modality is left. Each
     modality's own `prepare` reads and checks its field (a file that cannot be decoded is
     dropped from the line with its path and reason)."""
-    unknown = set(entry) - KNOWN_FIELDS
+    known = known_fields()
+    unknown = set(entry) - known
     if unknown:
         log(f"{where}: unknown field(s) {', '.join(sorted(unknown))} ignored "
-            f"(known: {', '.join(sorted(KNOWN_FIELDS))})")
+            f"(known: {', '.join(sorted(known))})")
     number = where.rsplit(":", 1)[1]
     record = {"id": str(entry.get("id", f"line-{number}")), "label": str(entry.get("label", ""))}
     sources, dropped = [], []

@@ -20,11 +20,8 @@ import numpy as np
 
 from omni.data.default import ensure_default_dataset
 from omni.data.records import open_split
+from omni.errors import DataError
 from omni.modalities import registry
-
-
-class DataError(ValueError):
-    pass
 
 
 def resolve_data_dir(config) -> Path:

@@ -1,9 +1,11 @@
 """The on-disk dataset format: a TFDS dataset in array_record files (no TensorFlow needed).
 
 Every record has the same fields, whatever modalities it holds (an empty value = absent):
-  id, label, source (where it came from, for error messages), text (UTF-8), image, audio and video
-  (the encoded file's bytes, decoded on the host at load time), smell (JSON: {"smiles": [...],
-  "weights": [...]}). Each modality's `encode` turns its field into arrays; see omni/modalities.
+  id, label, source (where it came from, for error messages), and one field per registered
+  modality: the encoded file's bytes for a file modality (image, audio, video: decoded on the host
+  at load time), text otherwise (text as UTF-8, smell as JSON {"smiles": [...], "weights": [...]}).
+  Each modality's `encode` turns its field into arrays; see omni/modalities. A dataset built
+  before a modality was registered simply lacks its field: reading gives it as absent.
 Read back with `open_split(DIR, split)`: random access by index, the input grain needs.
 """
 from __future__ import annotations
@@ -15,8 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
-FIELDS = ("id", "label", "source", "text", "image", "audio", "video", "smell")
-BYTES_FIELDS = ("image", "audio", "video")  # kept as bytes; every other field is decoded to str
+from omni.modalities import registry
+
+META_FIELDS = ("id", "label", "source")
+
+
+def fields() -> tuple[str, ...]:
+    """Every field of a record written now: the meta fields and one per registered modality."""
+    return META_FIELDS + tuple(registry.MODALITIES)
+
+
+def bytes_fields() -> tuple[str, ...]:
+    """Fields kept as bytes (files); every other field is decoded to str."""
+    return registry.file_fields()
 
 
 @functools.cache  # TFDS registers builder classes by name: define ours once per process
@@ -33,22 +46,24 @@ def _builder_class():
             super().__init__(**kwargs)
 
         def _info(self):
-            features = {name: tfds.features.Text() for name in FIELDS if name not in BYTES_FIELDS}
-            features.update({name: tfds.features.Tensor(shape=(), dtype=np.object_) for name in BYTES_FIELDS})
+            binary = bytes_fields()
+            features = {name: tfds.features.Text() for name in fields() if name not in binary}
+            features.update({name: tfds.features.Tensor(shape=(), dtype=np.object_) for name in binary})
             return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(records) for split, records in self._splits.items()}
 
         def _generate_examples(self, records):
+            binary = bytes_fields()
             for index, record in enumerate(records):
-                yield index, {name: record.get(name, b"" if name in BYTES_FIELDS else "") for name in FIELDS}
+                yield index, {name: record.get(name, b"" if name in binary else "") for name in fields()}
 
     return OmniRecords
 
 
 def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
-    """Write records (dicts with FIELDS) per split as array_record under out_dir; returns out_dir."""
+    """Write records (dicts with `fields()`) per split as array_record under out_dir; returns out_dir."""
     out_dir = Path(out_dir)
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
@@ -77,6 +92,7 @@ class Split:
         if split not in available:
             raise ValueError(f"{data_dir}: no split '{split}' (available: {', '.join(sorted(available))})")
         self._source = builder.as_data_source(split=split)
+        self._binary = set(bytes_fields())
         self.split = split
 
     def __len__(self) -> int:
@@ -84,7 +100,7 @@ class Split:
 
     def __getitem__(self, index: int) -> dict:
         raw = self._source[int(index)]
-        return {k: (v if k in BYTES_FIELDS else v.decode("utf-8", errors="replace")) for k, v in raw.items()}
+        return {k: (v if k in self._binary else v.decode("utf-8", errors="replace")) for k, v in raw.items()}
 
 
 def open_split(data_dir, split: str) -> Split:

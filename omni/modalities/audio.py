@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omni.errors import ConfigError
 from omni.modalities.base import Dense, Modality, ReconstructingStem, matmul, param, read_file_field
 from omni.modalities.image import normalized_patch_targets
 
@@ -279,7 +280,6 @@ class Audio(Modality):
     file_field = True
 
     def validate(self, config):
-        from omni.config import ConfigError
         cfg = config.modalities.audio
         if not cfg.clip_seconds > 0:
             raise ConfigError(f"modalities.audio.clip_seconds={cfg.clip_seconds} must be positive")

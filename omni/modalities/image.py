@@ -12,6 +12,7 @@ from einops import rearrange
 from flax import nnx
 from PIL import Image
 
+from omni.errors import ConfigError
 from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask, read_file_field
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
@@ -112,7 +113,6 @@ class ImageModality(Modality):
     file_field = True
 
     def validate(self, config):
-        from omni.config import ConfigError
         cfg = config.modalities.image
         if cfg.size % cfg.patch:
             raise ConfigError(f"modalities.image.size={cfg.size} is not divisible by modalities.image.patch={cfg.patch}")

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from omni.errors import ConfigError
 from omni.modalities.base import Modality, ReconstructingStem, matmul, param, random_token_mask
 
 REPRESENTATIONS = ("morgan", "receptors")
@@ -454,7 +455,6 @@ class Smell(Modality):
     objective = "msm"
 
     def validate(self, config):
-        from omni.config import ConfigError
         cfg = config.modalities.smell
         if cfg.representation not in REPRESENTATIONS:
             raise ConfigError(f"modalities.smell.representation='{cfg.representation}' must be one of "

@@ -11,6 +11,7 @@ import numpy as np
 from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from omni.errors import ConfigError
 from omni import mup
 from omni.modalities.base import LayerNorm, Modality, matmul, param
 
@@ -120,7 +121,6 @@ class Text(Modality):
     objective = "mlm"
 
     def validate(self, config):
-        from omni.config import ConfigError
         cfg = config.modalities.text
         if cfg.max_len < 1:
             raise ConfigError(f"modalities.text.max_len={cfg.max_len} must be at least 1")

@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 from PIL import Image
 
+from omni.errors import ConfigError
 from omni.modalities.base import Dense, Modality, param, read_file_field
 from omni.modalities import image
 from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, patchify
@@ -221,7 +222,6 @@ class Video(Modality):
     file_field = True
 
     def validate(self, config):
-        from omni.config import ConfigError
         cfg = config.modalities.video
         if cfg.size % cfg.patch:
             raise ConfigError(f"modalities.video.size={cfg.size} is not divisible by modalities.video.patch={cfg.patch}")

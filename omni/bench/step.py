@@ -1,0 +1,72 @@
+"""`omni bench`: time the compiled train step on one batch of the configured data (or a synthetic
+one), beside the device's matmul peak measured in the same process, and the input pipeline alone."""
+from __future__ import annotations
+
+import time
+
+import jax
+
+from omni.bench.batches import real_batch, synthetic_batch
+from omni.bench.plan import compiled_flops
+from omni.bench.setup import mesh_and_setup
+from omni.data import pipeline
+from omni.flops import measure_peak_flops, model_flops_per_step, tokens_per_step
+
+
+def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, synthetic: bool = False,
+          profile_dir: str | None = None) -> dict:
+    """Time `steps` train steps after `warmup`; peak FLOP/s from a matmul in this same process.
+    With profile_dir, 2 more steps run under jax.profiler (after the timing, which it would skew)."""
+    mesh, setup = mesh_and_setup(config)
+    state = setup.init_state()
+    if synthetic:
+        batch = synthetic_batch(config, setup)
+    else:
+        batch, source, assets = real_batch(config, setup)
+    with jax.set_mesh(mesh):
+        started = time.perf_counter()
+        step_fn = setup.compile_train_step()
+        compiled = step_fn.lower(state, batch).compile()
+        compile_s = time.perf_counter() - started
+        for _ in range(warmup):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+        started = time.perf_counter()
+        for _ in range(steps):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(state)
+        step_s = (time.perf_counter() - started) / steps
+        if profile_dir:
+            with jax.profiler.trace(profile_dir):
+                for _ in range(2):
+                    state, metrics = compiled(state, batch)
+                jax.block_until_ready(state)
+    peak = measure_peak_flops(config.model.dtype)
+    flops = model_flops_per_step(config)
+    compiled_flops = compiled_flops(compiled)
+    result = {
+        "config": config.name, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
+        "dtype": config.model.dtype, "batch_size": int(config.train.batch_size),
+        "step_time_s": step_s, "compile_time_s": compile_s,
+        "model_flops_per_step": flops, "compiled_flops_per_step": compiled_flops,
+        "peak_flops_per_s": peak, "mfu": flops / step_s / (peak * jax.device_count()),
+        "tokens_per_s": tokens_per_step(config) / step_s,
+        "examples_per_s": config.train.batch_size / step_s,
+        "loss": float(metrics["loss"]),
+    }
+    if pipeline_batches and not synthetic:
+        result.update(bench_pipeline(config, source, assets, pipeline_batches, step_s))
+    return result
+
+
+def bench_pipeline(config, source, assets, batches: int, step_s: float) -> dict:
+    """Batches/s of the input pipeline alone (decode, tokenize, resize, stack), and how many
+    times faster than the step consumes them."""
+    iterator = pipeline.training_batches(source, config, assets, start_step=1)
+    next(iterator)  # threads started, first batch ready
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    per_batch = (time.perf_counter() - started) / batches
+    return {"pipeline_examples_per_s": config.train.batch_size / per_batch,
+            "pipeline_to_step_ratio": step_s / per_batch}

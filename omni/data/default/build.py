@@ -1,0 +1,67 @@
+"""Assemble the default dataset from its sources, split it, and cache it on disk."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from omni.data.default.clips import real_clip_records
+from omni.data.default.digits import digit_records
+from omni.data.default.motion import motion_clip_records
+from omni.data.default.odorants import mixture_records, odorant_records
+from omni.data.default.prose import prose_sentences
+from omni.data.default.speech import spoken_digit_records
+from omni.data.records import write_dataset
+
+VERSION = "v5"  # v5: speech samples no longer depend on the process (espeak noise seeded)
+TEXT_ONLY_SENTENCES = 1000
+SPOKEN_CAPTIONS = 1200
+MOTION_CLIPS = 600
+SMELL_MIXTURES = 1200
+TEST_EVERY = 6
+
+
+def default_data_dir() -> Path:
+    """The cache folder of this VERSION of the dataset ($OMNI_CACHE, default ~/.cache/omni)."""
+    root = Path(os.environ.get("OMNI_CACHE", Path.home() / ".cache" / "omni"))
+    return root / f"default-{VERSION}"
+
+
+def _held_out(records: list[dict]) -> list[dict]:
+    """Every TEST_EVERY-th record of a kind (from its first) goes to `test`, the rest to `train`."""
+    return [{**record, "split": "test" if i % TEST_EVERY == 0 else "train"}
+            for i, record in enumerate(records)]
+
+
+def media_records() -> list[dict]:
+    """Audio-text, video-text and smell-text records, each kind split 5:1 into train and test."""
+    kinds = [spoken_digit_records(SPOKEN_CAPTIONS), motion_clip_records(MOTION_CLIPS),
+             real_clip_records(), odorant_records(), mixture_records(SMELL_MIXTURES)]
+    return [record for records in kinds for record in _held_out(records)]
+
+
+def default_records() -> dict[str, list[dict]]:
+    """{"train": [...], "test": [...]}: the image, audio, video and smell records split 5:1 per
+    kind, and the text-only prose sentences, all in `train`."""
+    records = _held_out(digit_records()) + media_records()
+    splits = {"train": [r for r in records if r["split"] == "train"],
+              "test": [r for r in records if r["split"] == "test"]}
+    for j, sentence in enumerate(prose_sentences(TEXT_ONLY_SENTENCES)):
+        splits["train"].append({"id": f"prose-{j}", "label": "", "source": "pydoc_data.topics",
+                                "text": sentence})
+    return splits
+
+
+def ensure_default_dataset() -> Path:
+    """Build the default dataset into the cache on first use; return its folder."""
+    out = default_data_dir()
+    if not list(out.glob("**/dataset_info.json")):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # Build beside the final place and rename: a killed build never looks complete.
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+        write_dataset(default_records(), tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process finished first
+            pass
+    return out

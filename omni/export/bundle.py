@@ -1,0 +1,171 @@
+"""Bundles: a trained run as a folder anyone can use, and `omni embed` on top of it.
+
+`omni export --workdir DIR --out BUNDLE` writes (no pickle anywhere):
+
+    weights.safetensors      every parameter, flat keys like "stems/text/tokens" (f32)
+    config.json              the run's config, as the run wrote it
+    tokenizer.json           the BPE tokenizer (HF `tokenizers` JSON) of the checkpoint
+    assets.json              the run's fitted modality assets (e.g. the smell SVD basis), JSON
+    preprocessing.json       every host preprocessing constant, per modality: text max_len and
+                             special token ids; image size, patch, pixel mean/std; and the exact
+                             arrays each program takes (name, shape with "b" for the batch, dtype)
+    bundle.json              format version, step, modalities, embedding width, and per program:
+                             file, platforms, inputs, output, and its flat argument order
+    encoder_<modality>.stablehlo
+                             one program per modality encoder, made with `jax.export` for
+                             platforms ("cpu", "cuda") with a symbolic batch dimension "b", stored as
+                             `Exported.serialize()` bytes (load with `jax.export.deserialize`)
+    manifest.json            the SHA-256 (and size) of every other file
+
+Program calling convention: `program(weights, inputs) -> [b, embed_dim] f32`, L2-normalised, where
+`weights` is the dict of ALL tensors in weights.safetensors (keyed as there) and `inputs` is the
+modality's dict of arrays (e.g. {"text/ids": int32 [b, max_len]}); flattened, the arguments are
+the weights in sorted key order, then the inputs in sorted key order (bundle.json lists them).
+The weights are arguments, not constants baked into the program, because:
+  * the programs stay small whatever the model size (StableHLO constants would copy every weight
+    into every modality's program, and serialized modules over 2 GiB cannot be written at all);
+  * weights.safetensors is the single source of truth: `omni embed` and fine-tuning
+    (`--config.init_from=BUNDLE`) use the very same bytes, checked against the manifest.
+
+`load_bundle` refuses a bundle whose files do not match manifest.json (a changed, missing or
+unlisted file) with a ValueError naming the file. `embed_files` runs the programs with nothing
+but the bundle: host preprocessing (BPE tokenizer from tokenizer.json, `load_image`) with the
+bundle's constants, then `jax.export.deserialize(...).call`; no flax module is built and no
+training code is imported. Batches are cut into chunks of at most `batch_size` and each chunk is
+padded to the next power of two (so at most log2(batch_size)+1 compilations per program).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors.numpy import save_file
+
+from omni.modalities import image, registry, text
+from omni.run.bundle import (ASSETS, BUNDLE_FORMAT, CONFIG, DEFAULT_PLATFORMS, MANIFEST, METADATA, PREPROCESSING,
+                             TOKENIZER, WEIGHTS, BATCH_DIM, flatten_params, program_file, sha256_of_file)
+from omni.run.load import load_run
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+def preprocessing_constants(config) -> dict:
+    """Every host preprocessing constant a consumer needs to build a program's inputs."""
+
+    out: dict = {}
+    for name in config.modalities:
+        modality = registry.get(name)
+        entry: dict = {}
+        if name == "text":
+            entry = {
+                "tokenizer": TOKENIZER, "max_len": int(config.modalities.text.max_len),
+                "vocab_size": int(config.modalities.text.vocab_size),
+                "pad_id": text.PAD_ID, "cls_id": text.CLS_ID, "mask_id": text.MASK_ID, "unk_id": text.UNK_ID,
+                "special_tokens": list(text.SPECIAL_TOKENS),
+                "recipe": "ids = tokenizer.encode(text) (byte-level BPE, no special tokens added); keep the "
+                          "first max_len ids; pad on the right with pad_id to max_len",
+            }
+        elif name == "image":
+            entry = {
+                "size": int(config.modalities.image.size), "patch": int(config.modalities.image.patch),
+                "pixel_mean": float(image.PIXEL_MEAN), "pixel_std": float(image.PIXEL_STD),
+                "recipe": "decode; 16-bit -> 8-bit; alpha composited on white; RGB; resize (bilinear) so "
+                          "the longer side is size, aspect kept; pad bottom/right with 0 to size x size; "
+                          "uint8 into the program, which computes ((x / 255) - pixel_mean) / pixel_std "
+                          "per channel before cutting patch x patch patches (row-major)",
+            }
+        elif hasattr(modality, "export_constants"):  # later modalities describe themselves
+            entry = dict(modality.export_constants(config))
+        entry["inputs"] = {key: {"shape": [BATCH_DIM, *map(int, shape)], "dtype": _dtype_name(dtype)}
+                           for key, (shape, dtype) in modality.array_spec(config).items()}
+        out[name] = entry
+    return out
+
+
+def export_programs(config, graphdef, like_params, weights: dict[str, np.ndarray],
+                    platforms=DEFAULT_PLATFORMS) -> dict[str, tuple[bytes, dict]]:
+    """modality -> (serialized jax.export program, its description for bundle.json)."""
+
+
+    batch, = jax.export.symbolic_shape(BATCH_DIM)
+    weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
+    out = {}
+    for name in config.modalities:
+        spec = registry.get(name).array_spec(config)
+        input_specs = {k: jax.ShapeDtypeStruct((batch, *shape), dtype) for k, (shape, dtype) in spec.items()}
+
+        def encoder(weights_arg, inputs, name=name):
+            nested = _unflatten_like(weights_arg, like_params)  # like_params: structure only
+            return nnx.merge(graphdef, nested).embed(name, inputs)
+
+        exported = jax.export.export(jax.jit(encoder), platforms=tuple(platforms))(weight_specs, input_specs)
+        paths, _ = jax.tree_util.tree_flatten_with_path((weight_specs, input_specs))
+        order = [("weights" if p[0].idx == 0 else "inputs", p[1].key) for p, _ in paths]
+        out_aval = exported.out_avals[0]
+        description = {
+            "file": program_file(name),
+            "platforms": list(exported.platforms),
+            "calling_convention_version": int(exported.calling_convention_version),
+            "inputs": {k: {"shape": [BATCH_DIM, *map(int, shape)], "dtype": _dtype_name(dtype)}
+                       for k, (shape, dtype) in spec.items()},
+            "output": {"shape": [str(d) for d in out_aval.shape], "dtype": _dtype_name(out_aval.dtype),
+                       "l2_normalised": True},
+            "arguments": [{"group": group, "name": key} for group, key in order],
+        }
+        out[name] = (bytes(exported.serialize()), description)
+    return out
+
+
+def export_bundle(workdir, out_dir, platforms=DEFAULT_PLATFORMS) -> dict:
+    """The newest checkpoint of the run in `workdir` -> a bundle folder at `out_dir` (which must
+    not exist or be empty). Written to a temporary sibling first, then renamed into place.
+    Returns a summary (bundle path, step, modalities, platforms, file sizes)."""
+    workdir, out_dir = Path(workdir), Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise ValueError(f"{out_dir}: already exists and is not an empty folder; choose a new --out")
+    config, setup, params, assets, step = load_run(workdir)
+    params = jax.device_get(params)
+    weights = flatten_params(params)
+    for key, value in weights.items():
+        if value.dtype != np.float32:
+            raise ValueError(f"parameter '{key}' is {value.dtype}; bundles store float32 weights")
+    programs = export_programs(config, setup.graphdef, params, weights, platforms)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    try:
+        save_file(weights, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT, "step": str(step)})
+        (tmp / CONFIG).write_bytes((workdir / "config.json").read_bytes())
+        (tmp / TOKENIZER).write_text(assets["tokenizer"].to_json(), encoding="utf-8")
+        fitted = {k: v for k, v in assets.items() if k != "tokenizer"}
+        (tmp / ASSETS).write_text(json.dumps(fitted) + "\n", encoding="utf-8")
+        (tmp / PREPROCESSING).write_text(json.dumps(preprocessing_constants(config), indent=2) + "\n")
+        for serialized, description in programs.values():
+            (tmp / description["file"]).write_bytes(serialized)
+        metadata = {
+            "format": BUNDLE_FORMAT, "step": int(step), "modalities": list(config.modalities.keys()),
+            "embed_dim": int(config.model.embed_dim), "weights": WEIGHTS, "config": CONFIG,
+            "tokenizer": TOKENIZER, "preprocessing": PREPROCESSING, "jax_version": jax.__version__,
+            "programs": {name: description for name, (_, description) in programs.items()},
+        }
+        (tmp / METADATA).write_text(json.dumps(metadata, indent=2) + "\n")
+        files = {p.name: {"sha256": sha256_of_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
+        manifest = {"format": BUNDLE_FORMAT, "algorithm": "sha256", "files": files}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if out_dir.exists():
+            out_dir.rmdir()  # empty (checked above)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"bundle": str(out_dir), "step": int(step), "modalities": metadata["modalities"],
+            "platforms": list(platforms), "files": {name: f["bytes"] for name, f in files.items()}}

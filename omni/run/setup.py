@@ -1,0 +1,162 @@
+"""A run's state, built from its config and mesh: the model's graph, the optimizer, the shardings
+of every parameter and optimizer slot, the batch layout, and the compiled update step.
+
+The update step is one pure function `train_step(state, batch) -> (state, metrics)` compiled once
+with `jax.jit` (in/out shardings on the data x fsdp x tensor mesh, the old state donated). Random
+keys are derived from (seed, step), so a run resumed from a checkpoint continues exactly as if it
+had never stopped. Training, evaluation, export and bench all build their state here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from omni import mup, objectives, parallel
+from omni.checkpoint import abstract_like
+from omni.modalities import registry
+from omni.model import Omni
+
+
+def make_optimizer(config, params=None):
+    """AdamW with warmup + cosine and clipping; under muP (params given) the hidden matrices'
+    updates are scaled by base_width / width."""
+    t = config.train
+    warmup = min(int(t.warmup_steps), int(t.steps) // 2)  # short test runs still decay
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
+        decay_steps=max(int(t.steps), warmup + 1), end_value=t.lr * t.min_lr_ratio)
+    # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
+    tx = optax.chain(
+        optax.clip_by_global_norm(t.grad_clip),
+        optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
+    if mup.is_mup(config):
+        tx = optax.chain(tx, mup.scale_updates(mup.learning_rate_multipliers(params, config)))
+    return tx, schedule
+
+
+def _set_path(tree: dict, path, value) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
+
+
+def param_shardings(abstract_state, mesh) -> dict:
+    """Pure dict (same structure as the params) of NamedShardings from each Param's logical names."""
+    out: dict = {}
+    for path, var in nnx.to_flat_state(abstract_state):
+        names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
+        _set_path(out, path, NamedSharding(mesh, parallel.logical_to_spec(names, var.shape, mesh)))
+    return out
+
+
+def batch_spec(config) -> dict[str, tuple[tuple, np.dtype]]:
+    """Global batch arrays: key -> (shape, dtype)."""
+    batch = int(config.train.batch_size)
+    spec = {}
+    for name in config.modalities:
+        for key, (shape, dtype) in registry.get(name).array_spec(config).items():
+            spec[key] = ((batch, *shape), dtype)
+        spec[f"{name}/present"] = ((batch,), np.bool_)
+    return spec
+
+
+@dataclass
+class Setup:
+    """Everything compiled code needs: the model's graph, state shardings, the step functions."""
+    config: object
+    mesh: object
+    graphdef: object
+    state_shardings: dict
+    abstract_state: dict
+    tx: object
+    schedule: object
+
+    def init_state(self):
+        config = self.config
+
+        def init():
+            model = Omni(config, nnx.Rngs(params=int(config.train.seed)))
+            params = nnx.to_pure_dict(nnx.split(model)[1])
+            return {"step": jnp.zeros((), jnp.int32), "params": params,
+                    "opt_state": self.tx.init(params), "bad_steps": jnp.zeros((), jnp.int32)}
+
+        return jax.jit(init, out_shardings=self.state_shardings)()
+
+    def batch_shardings(self):
+        return {k: parallel.batch_sharding(self.mesh, len(shape)) for k, (shape, _) in batch_spec(self.config).items()}
+
+    def compile_train_step(self):
+        step_fn = make_train_step(self.config, self.graphdef, self.tx)
+        return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings()),
+                       out_shardings=(self.state_shardings, None), donate_argnums=0)
+
+    def embed_fn(self, name: str):
+        """params, numpy batch -> numpy normalised embeddings of one modality (unimodal pass).
+        The batch is replicated on every device (each process passes the same full batch), so
+        evaluation also works when the params live on devices of several processes."""
+        graphdef = self.graphdef
+        replicated = NamedSharding(self.mesh, P())
+        embed = jax.jit(lambda params, batch: nnx.merge(graphdef, params).embed(name, batch),
+                        out_shardings=replicated)
+
+        def run(params, batch):
+            batch = {k: jax.make_array_from_process_local_data(replicated, v) for k, v in batch.items()}
+            with jax.set_mesh(self.mesh):
+                return np.asarray(embed(params, batch))
+
+        return run
+
+
+def build_setup(config, mesh) -> Setup:
+    """Call outside `jax.set_mesh`: the abstract model must not pick up flax's own sharding."""
+    abstract_model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
+    graphdef, abstract_vars = nnx.split(abstract_model)
+    shardings = param_shardings(abstract_vars, mesh)
+    abstract_params = nnx.to_pure_dict(abstract_vars)
+    tx, schedule = make_optimizer(config, abstract_params)
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    replicated = NamedSharding(mesh, P())
+    opt_shardings = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, shardings, transform_non_params=lambda _: replicated)
+    state_shardings = {"step": replicated, "params": shardings, "opt_state": opt_shardings,
+                       "bad_steps": replicated}
+    abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
+                      "opt_state": abstract_opt, "bad_steps": jax.ShapeDtypeStruct((), jnp.int32)}
+    return Setup(config, mesh, graphdef, state_shardings, abstract_like(abstract_state, state_shardings),
+                 tx, schedule)
+
+
+def make_train_step(config, graphdef, tx):
+    seed = int(config.train.seed)
+
+    def train_step(state, batch):
+        rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+
+        def loss_fn(params):
+            model = nnx.merge(graphdef, params)
+            return objectives.total_loss(model, batch, rng, config)
+
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        grad_norm = optax.tree.norm(grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # A non-finite loss or gradient skips the update (the data still moves on) and is counted.
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
+        new_state = {
+            "step": state["step"] + 1,
+            "params": keep_if_finite(params, state["params"]),
+            "opt_state": keep_if_finite(opt_state, state["opt_state"]),
+            "bad_steps": jnp.where(finite, 0, state["bad_steps"] + 1),
+        }
+        metrics = dict(metrics, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
+        return new_state, metrics
+
+    return train_step

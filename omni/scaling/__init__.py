@@ -1,0 +1,36 @@
+"""Scaling laws: run a grid of trainings (`omni sweep`), fit L(N, D) to them (`omni scaling fit`).
+
+    law          L(N, D) = E + A/N^alpha + B/D^beta and its fit (Hoffmann et al. 2022, approach 3)
+    interaction  the two-modality interaction term (Aghajanyan et al. 2023, eq. 3) and its fit
+    optimise     Huber loss, multi-start L-BFGS-B, bootstrap percentiles (shared by both fits)
+    grid         a sweep config, its grid points, each point's run config
+    measure      what a run's numbers are: N, C (analytic, XLA), held-out L
+    sweep        `omni sweep`: train the points (locally or as a SLURM job array), record result.json
+    results      result.json / runs.csv reading and writing
+    fit_dir      `omni scaling fit`: fit a sweep directory, write fit.json; load_fit
+    plots        the fit's PNG plots
+    commands     the CLI entry points
+
+Modules inside omni import from these submodules; this package re-exports the public names.
+"""
+from omni.scaling.commands import cli_fit, cli_sweep
+from omni.scaling.fit_dir import fit_dir, holdout_largest, load_fit
+from omni.scaling.grid import build_run_config, grid_points, load_sweep, resolve_sweep_file
+from omni.scaling.interaction import Interaction, fit_interaction
+from omni.scaling.law import CHINCHILLA_GRID, Fit, Law, fit_law
+from omni.scaling.measure import (EMBEDDING_KEYS, compiled_step_flops, heldout_losses, last_training_row,
+                                  non_embedding_params)
+from omni.scaling.optimise import HUBER_DELTA
+from omni.scaling.plots import make_plots
+from omni.scaling.results import CSV_COLUMNS, load_results, write_runs_csv
+from omni.scaling.sweep import (SLURM_ARRAY_SCRIPT, persistent_compilation_cache, run_one, run_sweep,
+                                write_slurm_array)
+
+__all__ = [
+    "CHINCHILLA_GRID", "CSV_COLUMNS", "EMBEDDING_KEYS", "HUBER_DELTA", "SLURM_ARRAY_SCRIPT",
+    "Fit", "Interaction", "Law",
+    "build_run_config", "cli_fit", "cli_sweep", "compiled_step_flops", "fit_dir", "fit_interaction", "fit_law",
+    "grid_points", "heldout_losses", "holdout_largest", "last_training_row", "load_fit", "load_results",
+    "load_sweep", "make_plots", "non_embedding_params", "persistent_compilation_cache", "resolve_sweep_file",
+    "run_one", "run_sweep", "write_runs_csv", "write_slurm_array",
+]

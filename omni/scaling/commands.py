@@ -1,0 +1,36 @@
+"""Command-line glue, wired into omni.cli as `omni sweep` and `omni scaling fit`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omni.scaling.fit_dir import fit_dir
+from omni.scaling.sweep import run_sweep
+
+
+def cli_sweep(config_path, out, only: int | None = None) -> dict:
+    """`omni sweep --config PATH --out DIR [--only I]`: run the grid; returns the summary (print as JSON)."""
+    return run_sweep(config_path, out, only=only)
+
+
+def cli_fit(directory, **fit_kwargs) -> dict:
+    """`omni scaling fit DIR`: fit, write fit.json / runs.csv / PNGs; returns a short summary.
+    fit_kwargs go to fit_dir (bootstrap, level, min_runs, plots)."""
+    data = fit_dir(directory, **fit_kwargs)
+    summary = {"dir": str(directory), "fit": str(Path(directory) / "fit.json"), "plots": data.get("plots", []),
+               "main": data.get("main"), "laws": {}}
+    if data.get("main"):
+        for target, fit in data["groups"][data["main"]]["fits"].items():
+            row = {k: fit[k] for k in ("E", "A", "B", "alpha", "beta")}
+            if "intervals" in fit:
+                row["intervals"] = {k: fit["intervals"][k] for k in ("E", "A", "B", "alpha", "beta")
+                                    if k in fit["intervals"]}
+            if "holdout_largest" in fit:
+                row["holdout_largest_relative_error"] = fit["holdout_largest"]["relative_error"]
+            summary["laws"][target] = row
+    for group, entry in data["groups"].items():
+        if "skipped" in entry:
+            summary.setdefault("skipped", {})[group] = entry["skipped"]
+    if data.get("interactions"):
+        summary["interactions"] = {g: {k: v for k, v in e.items() if k in ("C", "beta", "alpha", "gamma", "skipped")}
+                                   for g, e in data["interactions"].items()}
+    return summary

@@ -1,0 +1,176 @@
+"""The training loop, top to bottom in banner sections: mesh -> input and assets -> state -> step
+-> loop. Each section is a short function; `train` reads as the list of them.
+
+Random keys come from (seed, step) and data order from (seed, position), so a run resumed from a
+checkpoint continues exactly as an uninterrupted run would. Evaluation is injected (`evaluator`),
+so the trainer does not depend on the tools built on top of it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Protocol
+
+import jax
+
+from omni import config as config_lib, parallel
+from omni.checkpoint import Checkpoints
+from omni.data import pipeline
+from omni.data.records import open_split, split_names
+from omni.errors import Preempted
+from omni.flops import measure_peak_flops, model_flops_per_step, tokens_per_step
+from omni.model import count_params
+from omni.run.assets import load_or_fit_assets, log
+from omni.run.bundle import load_bundle_params
+from omni.run.setup import build_setup
+from omni.train.guards import BadStepWatch, check_resume_compatible
+from omni.train.metrics import MetricsWriter, Progress
+from omni.train.preemption import PreemptionSignal
+from omni.validation import validate
+
+
+class Evaluator(Protocol):
+    """What the loop needs from periodic evaluation (omni.eval.periodic.PeriodicEvaluator)."""
+
+    def check(self, config) -> None:
+        """Fail now, before training, on a config the evaluation cannot run (a typo in eval.tasks)."""
+
+    def __call__(self, setup, params, config, assets, data_dir) -> dict[str, float]:
+        """Flat metrics, e.g. {"eval/retrieval/image->text/R@1": 0.12}."""
+
+
+def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> dict:
+    """Train (or resume) the run in workdir; returns the last logged metrics. SIGTERM saves a
+    checkpoint and raises Preempted. With an evaluator, it runs every train.eval_every steps on
+    the held-out split config.eval.split (when the dataset has one)."""
+    workdir = Path(workdir)
+    with PreemptionSignal() as preemption:
+        mesh = set_up_mesh(config, workdir)
+        data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
+        try:
+            setup, state, start = set_up_state(config, mesh, checkpoints)
+            if evaluator is not None and config.train.eval_every > 0 and config.eval.split in split_names(data_dir):
+                evaluator.check(config)  # a typo in eval.tasks fails now, not at the first evaluation
+            else:
+                evaluator = None
+            return run_loop(config, workdir, setup, state, start, source, assets, saved_assets, checkpoints,
+                            data_dir, evaluator, preemption)
+        finally:
+            checkpoints.close()
+
+
+# ==============================================================================================
+# Set up the mesh
+# ==============================================================================================
+
+def set_up_mesh(config, workdir: Path):
+    parallel.maybe_initialize_distributed()
+    validate(config, jax.device_count())
+    mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
+    check_resume_compatible(config, workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config_lib.to_json(config))
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es); workdir {workdir}")
+    return mesh
+
+
+# ==============================================================================================
+# Input pipeline and the run's assets
+# ==============================================================================================
+
+def set_up_input(config, workdir: Path):
+    data_dir = pipeline.resolve_data_dir(config)
+    source = open_split(data_dir, "train")
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=int(config.train.keep_checkpoints))
+    assets, saved_assets = load_or_fit_assets(config, workdir, checkpoints, source)
+    return data_dir, source, checkpoints, assets, saved_assets
+
+
+# ==============================================================================================
+# Model, optimizer, shardings: restore or initialise
+# ==============================================================================================
+
+def set_up_state(config, mesh, checkpoints: Checkpoints):
+    setup = build_setup(config, mesh)
+    with jax.set_mesh(mesh):
+        start = checkpoints.latest_step()
+        if start is not None:
+            state = checkpoints.restore_state(start, setup.abstract_state)
+            log(f"resumed from step {start}")
+        else:
+            state = setup.init_state()
+            if config.init_from:
+                state["params"] = jax.device_put(load_bundle_params(config.init_from, state["params"]),
+                                                 setup.state_shardings["params"])
+                log(f"initialised from bundle {config.init_from}")
+            start = 0
+        log(f"{count_params(state['params']):,} parameters")
+    return setup, state, start
+
+
+# ==============================================================================================
+# Train loop
+# ==============================================================================================
+
+def run_loop(config, workdir, setup, state, start, source, assets, saved_assets, checkpoints, data_dir,
+             evaluator, preemption) -> dict:
+    steps = int(config.train.steps)
+    with jax.set_mesh(setup.mesh):
+        train_step = setup.compile_train_step()  # the update step, compiled once (omni.run.setup)
+        batch_shardings = setup.batch_shardings()
+    flops = model_flops_per_step(config)  # for the global batch
+    # A quicker peak than `omni bench` takes (it starts every run, tests included), so this MFU
+    # may read a few percent high.
+    peak = measure_peak_flops(config.model.dtype, warmup_s=0.5, cpu_measure_s=0.0) * jax.device_count()
+    tokens = tokens_per_step(config)
+    writer = MetricsWriter(workdir)
+    progress = Progress(steps, start)
+    batches = pipeline.training_batches(source, config, assets, start_step=start)
+    skipped_examples = 0
+    bad_steps = BadStepWatch(config, start)
+    last = {}
+    window_start, window_steps = time.perf_counter(), 0
+    try:
+        with jax.set_mesh(setup.mesh):
+            for step in range(start, steps):
+                local_batch, problems = next(batches)
+                for problem in problems:
+                    log(f"skipped input: {problem}")
+                skipped_examples += len(problems)
+                batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
+                         for k, v in local_batch.items()}
+                state, metrics = train_step(state, batch)
+                bad_steps.check(metrics, checkpoints)
+                window_steps += 1
+                done = step + 1
+                if done % config.train.log_every == 0 or done == steps:
+                    # The only host sync of the loop: once per log interval.
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    elapsed = (time.perf_counter() - window_start) / window_steps
+                    last = {**metrics, "lr": float(setup.schedule(step)), "step_time_s": elapsed,
+                            "tokens_per_s": tokens / elapsed, "mfu": flops / elapsed / peak,
+                            "skipped_examples": skipped_examples}
+                    writer.write(done, last)
+                    progress.update(done, loss=f"{last['loss']:.4f}", rate=f"{1 / elapsed:.2f}",
+                                    mfu=f"{last['mfu']:.2f}")
+                    window_start, window_steps = time.perf_counter(), 0
+                else:
+                    progress.update(done)
+                if done % config.train.checkpoint_every == 0 or done == steps:
+                    checkpoints.save(done, state, saved_assets)
+                if evaluator is not None and (done % config.train.eval_every == 0 or done == steps):
+                    results = evaluator(setup, state["params"], config, assets, data_dir)
+                    writer.write(done, results)
+                    last.update(results)
+                    log(" ".join(f"{k}={v:.3f}" for k, v in results.items() if k.endswith("R@1")))
+                    window_start, window_steps = time.perf_counter(), 0
+                if preemption.received:
+                    if checkpoints.latest_step() != done:
+                        checkpoints.save(done, state, saved_assets, force=True)
+                    raise Preempted(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume")
+    finally:
+        progress.close()
+        writer.close()
+    return last

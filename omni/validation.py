@@ -1,0 +1,51 @@
+"""Validate a config against the mesh, the registered modalities and the objectives, before
+anything compiles: every check fails with one line that names the key and what is wrong."""
+from __future__ import annotations
+
+from omni import config as config_lib
+from omni.errors import ConfigError
+from omni.modalities import registry
+
+
+def validate(config, num_devices: int) -> None:
+    """Raise ConfigError (one line) for any config that cannot work."""
+    data, fsdp, _ = config_lib.resolve_mesh_shape(config, num_devices)
+    batch = int(config.train.batch_size)
+    if batch <= 0:
+        raise ConfigError(f"train.batch_size={batch} must be positive")
+    if batch % (data * fsdp):
+        raise ConfigError(
+            f"train.batch_size={batch} is not divisible by the data-parallel size "
+            f"mesh.data*mesh.fsdp={data * fsdp}")
+    if config.model.width % config.model.heads:
+        raise ConfigError(
+            f"model.width={config.model.width} is not divisible by model.heads={config.model.heads}")
+    for name in config.modalities:
+        if name not in registry.MODALITIES:
+            raise ConfigError(
+                f"modalities.{name}: unknown modality (known: {', '.join(sorted(registry.MODALITIES))})")
+        registry.MODALITIES[name].validate(config)
+    known_objectives = set(registry.masked_objectives()) | {"mmm", "contrastive"}
+    for name in config.loss:
+        if name not in known_objectives:
+            raise ConfigError(f"loss.{name}: unknown objective (known: {', '.join(sorted(known_objectives))})")
+    if not registry.active_objectives(config):
+        raise ConfigError("every loss.<objective>.weight of the configured modalities "
+                          f"({', '.join(config.modalities.keys())}) is zero: nothing would be trained")
+    if config.loss.contrastive.kind not in ("siglip", "infonce"):
+        raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
+    if config.model.dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.dtype='{config.model.dtype}': use float32 or bfloat16")
+    if config.model.get("residual_dtype", "float32") not in ("float32", "bfloat16"):
+        raise ConfigError(f"model.residual_dtype='{config.model.residual_dtype}': use float32 or bfloat16")
+    if config.model.remat not in ("none", "full", "dots"):
+        raise ConfigError(f"model.remat='{config.model.remat}': use none, full or dots")
+    if config.model.parametrization not in ("sp", "mup"):
+        raise ConfigError(f"model.parametrization='{config.model.parametrization}': use sp or mup")
+    if config.model.attention not in ("einsum", "blocked", "xla", "cudnn", "fused"):
+        raise ConfigError(f"model.attention='{config.model.attention}': "
+                          "use einsum, blocked, xla, cudnn or fused")
+    if config.data.on_error not in ("skip", "raise"):
+        raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
+    if config.train.steps < 1:
+        raise ConfigError(f"train.steps={config.train.steps} must be at least 1")
