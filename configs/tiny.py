@@ -1,4 +1,6 @@
-"""The CPU-sized default: text + image on the embedded default dataset, ~15 min on 2 cores.
+"""The CPU-sized default: all five modalities (text, image, audio, video, smell) on the embedded
+default dataset, ~15 min on 2 cores. Objectives: the five masked ones (mlm, mim, mam, mvm, msm),
+masked multimodal modelling (mmm) and a SigLIP contrastive loss.
 
 Run:  omni train --config configs/tiny.py --workdir runs/tiny
 """

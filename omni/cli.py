@@ -15,7 +15,8 @@ from omni.data.manifest import build
 from omni.errors import ConfigError, Preempted
 from omni.eval import commands as eval_commands
 from omni.eval.periodic import PeriodicEvaluator
-from omni.export import cli_embed, export_bundle
+from omni.export.bundle import export_bundle
+from omni.export.embed import cli_embed
 from omni.scaling.commands import cli_fit, cli_sweep
 from omni.train import train
 

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omni.eval.commands import cli_linear_probe, cli_paired, cli_robustness
+from omni.eval.commands import cli_linear_probe, cli_paired, cli_retrieval, cli_robustness
 from omni.eval.embedding import ListSource, embed_records
 from omni.eval.paired import winoground_scores
 from omni.eval.periodic import periodic_evaluations
 from omni.eval.probe import PROBE_CS
-from omni.eval.retrieval import retrieval_during_training
+from omni.eval.retrieval import retrieval, retrieval_during_training
 from omni.eval.robustness import fused_embed_records, missing_modality
 from omni.eval.zeroshot import class_embeddings, zeroshot
 from omni.run.load import load_run
@@ -61,6 +61,17 @@ def test_template_ensemble_on_the_model(run):
     ensembled = zeroshot(setup, params, source, config, assets, "image", TEMPLATES)
     assert ensembled["n"] == one["n"]
     assert ensembled["accuracy"] > 0.25, ensembled  # 4 colours: chance is 1/4
+
+
+def test_cli_retrieval_on_the_model(run):
+    workdir, data, loaded = run
+    config, setup, params, assets, _ = loaded
+    result = cli_retrieval(workdir, data, "test", "image", "text", run=loaded)
+    with jax.set_mesh(setup.mesh):
+        assert result == retrieval(setup, params, _split(data, "test"), config, assets, "image", "text")
+    assert result["n"] >= 8 and set(result) == {"R@1", "R@5", "R@10", "R@1_chance", "R@5_chance", "R@10_chance", "n"}
+    saved = json.loads((workdir / "eval" / "retrieval-test-image-text.json").read_text())
+    assert saved == {"step": 40, **result}
 
 
 def test_linear_probe_on_the_model(run):

@@ -67,7 +67,7 @@ def bundle(tmp_path_factory):
     """A 10-step run on 24 examples holding text + image + audio + video + smell, exported."""
     from omni.config import load_config
     from omni.data.manifest import build
-    from omni.export import export_bundle as cli_export
+    from omni.export.bundle import export_bundle as cli_export
     from omni.train import train
 
     root = tmp_path_factory.mktemp("export")
@@ -116,12 +116,12 @@ def test_bundle_layout(bundle):
 
 EMBED_IN_FRESH_PROCESS = textwrap.dedent("""
     import json, sys
-    from omni.export import cli_embed
+    from omni.export.embed import cli_embed
     bundle, out_dir, inputs = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
     results = [cli_embed(bundle, "text", texts=inputs.pop("text"), out=f"{out_dir}/text.npy"),
                cli_embed(bundle, "smell", texts=inputs.pop("smell"), out=f"{out_dir}/smell.npy")]
     results += [cli_embed(bundle, m, files=files, out=f"{out_dir}/{m}.npy") for m, files in inputs.items()]
-    loaded = [m for m in ("omni.train", "omni.model", "omni.objectives", "omni.evaluate") if m in sys.modules]
+    loaded = [m for m in ("omni.train", "omni.run.setup", "omni.model", "omni.objectives", "omni.eval") if m in sys.modules]
     print(json.dumps({"results": results, "training_modules_loaded": loaded}))
 """)
 
@@ -162,7 +162,8 @@ def test_embed_in_fresh_process_equals_framework(bundle, tmp_path):
 
 
 def test_chunked_and_padded_batches_agree(bundle):
-    from omni.export import embed_files, load_bundle
+    from omni.export.embed import embed_files
+    from omni.run.bundle import load_bundle
 
     path, _, _, (images, _, _), _ = bundle
     opened = load_bundle(path)
@@ -176,7 +177,7 @@ def test_chunked_and_padded_batches_agree(bundle):
 
 
 def test_cli_embed_arguments(bundle, tmp_path):
-    from omni.export import cli_embed
+    from omni.export.embed import cli_embed
 
     path, _, _, (images, _, _), _ = bundle
     with pytest.raises(ValueError, match="not both and not neither"):
@@ -198,7 +199,8 @@ def test_cli_embed_arguments(bundle, tmp_path):
 
 @pytest.mark.parametrize("target", ["encoder_image.stablehlo", "weights.safetensors", "tokenizer.json"])
 def test_tampered_bundle_is_refused(bundle, tmp_path, target):
-    from omni.export import embed_files, load_bundle, load_bundle_params
+    from omni.export.embed import embed_files
+    from omni.run.bundle import load_bundle, load_bundle_params
 
     path = bundle[0]
     copy = tmp_path / "bundle"
@@ -213,7 +215,7 @@ def test_tampered_bundle_is_refused(bundle, tmp_path, target):
 
 
 def test_missing_or_extra_files_are_refused(bundle, tmp_path):
-    from omni.export import load_bundle
+    from omni.run.bundle import load_bundle
 
     path = bundle[0]
     extra = tmp_path / "extra"
@@ -231,7 +233,7 @@ def test_missing_or_extra_files_are_refused(bundle, tmp_path):
 def test_bundle_params_check_shapes(bundle):
     from safetensors.numpy import load_file
 
-    from omni.export import load_bundle_params
+    from omni.run.bundle import load_bundle_params
 
     path = bundle[0]
     weights = load_file(str(path / "weights.safetensors"))
@@ -264,7 +266,7 @@ def test_finetuning_starts_from_the_bundle_weights(bundle, tmp_path):
     from safetensors.numpy import load_file
 
     from omni.run.load import load_run
-    from omni.export import flatten_params
+    from omni.run.bundle import flatten_params
     from omni.train import train
 
     path, _, data, _, _ = bundle

@@ -1,7 +1,3 @@
-"""Export a run as a portable bundle (`omni export`) and embed with a bundle alone (`omni embed`)."""
-from omni.export.bundle import export_bundle, preprocessing_constants
-from omni.export.embed import cli_embed, embed_files, smell_input
-from omni.run.bundle import Bundle, flatten_params, load_bundle, load_bundle_params
-
-__all__ = ["Bundle", "cli_embed", "embed_files", "export_bundle", "flatten_params", "load_bundle",
-           "load_bundle_params", "preprocessing_constants", "smell_input"]
+"""Export a run as a portable bundle (omni.export.bundle: `omni export`) and embed with a bundle
+alone (omni.export.embed: `omni embed`). The package imports nothing itself, so that embedding
+never loads the model or training code."""
