@@ -1,5 +1,5 @@
 """OpenCLIP's "small" shape, image-text contrastive only: the side-by-side benchmark against the
-peer (../shared/tools/peer_openclip_step.py; see omni/peer_compare.py). ViT width 384, depth 6,
+peer (../shared/tools/peer_openclip_step.py; see benchmarks/peer_compare.py). ViT width 384, depth 6,
 patch 16 at 128 px; text width 384, depth 6, context 64; batch 32. omni runs ONE shared
 transformer on each modality, so its FLOPs per step equal the two towers'.
 

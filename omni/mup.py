@@ -18,7 +18,6 @@ activations at several widths: flat under muP, growing with width under the stan
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 import optax
 
 HIDDEN_MATRICES = ("wq", "wk", "wv", "wo", "w_in", "w_out")

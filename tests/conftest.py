@@ -7,6 +7,11 @@ import pytest
 
 # Tests must not depend on (or pollute) the user's cache.
 os.environ.setdefault("OMNI_CACHE", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "omni"))
+# Many tests (and the `omni` processes they start) compile the same small steps: XLA's persistent
+# compilation cache, private to this checkout, lets them share the compiled programs.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax-compilation"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 REPO = Path(__file__).resolve().parent.parent
 

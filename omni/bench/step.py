@@ -43,12 +43,12 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
                 jax.block_until_ready(state)
     peak = measure_peak_flops(config.model.dtype)
     flops = model_flops_per_step(config)
-    compiled_flops = compiled_flops(compiled)
+    flops_compiled = compiled_flops(compiled)
     result = {
         "config": config.name, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "dtype": config.model.dtype, "batch_size": int(config.train.batch_size),
         "step_time_s": step_s, "compile_time_s": compile_s,
-        "model_flops_per_step": flops, "compiled_flops_per_step": compiled_flops,
+        "model_flops_per_step": flops, "compiled_flops_per_step": flops_compiled,
         "peak_flops_per_s": peak, "mfu": flops / step_s / (peak * jax.device_count()),
         "tokens_per_s": tokens_per_step(config) / step_s,
         "examples_per_s": config.train.batch_size / step_s,

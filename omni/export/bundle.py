@@ -48,7 +48,8 @@ from safetensors.numpy import save_file
 
 from omni.modalities import image, registry, text
 from omni.run.bundle import (ASSETS, BUNDLE_FORMAT, CONFIG, DEFAULT_PLATFORMS, MANIFEST, METADATA, PREPROCESSING,
-                             TOKENIZER, WEIGHTS, BATCH_DIM, flatten_params, program_file, sha256_of_file)
+                             TOKENIZER, WEIGHTS, BATCH_DIM, flatten_params, program_file, sha256_of_file,
+                             unflatten_like)
 from omni.run.load import load_run
 
 
@@ -101,7 +102,7 @@ def export_programs(config, graphdef, like_params, weights: dict[str, np.ndarray
         input_specs = {k: jax.ShapeDtypeStruct((batch, *shape), dtype) for k, (shape, dtype) in spec.items()}
 
         def encoder(weights_arg, inputs, name=name):
-            nested = _unflatten_like(weights_arg, like_params)  # like_params: structure only
+            nested = unflatten_like(weights_arg, like_params)  # like_params: structure only
             return nnx.merge(graphdef, nested).embed(name, inputs)
 
         exported = jax.export.export(jax.jit(encoder), platforms=tuple(platforms))(weight_specs, input_specs)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from omni.run.bundle import load_bundle
+from omni.run.bundle import Bundle, load_bundle
 
 def _bucket(count: int, batch_size: int) -> int:
     size = 1

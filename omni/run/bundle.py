@@ -57,7 +57,7 @@ def flatten_params(params) -> dict[str, np.ndarray]:
     return flat
 
 
-def _unflatten_like(flat: Mapping, like, convert=lambda key, value, like_leaf: value):
+def unflatten_like(flat: Mapping, like, convert=lambda key, value, like_leaf: value):
     """flat {"a/b": x} -> a nested dict with the structure (and key types) of `like`."""
     def visit(node, path):
         if isinstance(node, Mapping):
@@ -68,7 +68,7 @@ def _unflatten_like(flat: Mapping, like, convert=lambda key, value, like_leaf: v
     return visit(like, ())
 
 
-def _leaf_paths(like) -> list[str]:
+def leaf_paths(like) -> list[str]:
     paths: list[str] = []
 
     def visit(node, path):
@@ -232,7 +232,7 @@ def load_bundle_params(bundle_path, like_params):
     dtype). Every key must exist on both sides with the same shape; otherwise ValueError naming it."""
     bundle = bundle_path if isinstance(bundle_path, Bundle) else load_bundle(bundle_path)
     weights = bundle.weights()
-    wanted = _leaf_paths(like_params)
+    wanted = leaf_paths(like_params)
     hint = ("the fine-tuning config must match the bundle's model.* and modalities.* "
             f"(see {bundle.path / CONFIG})")
     for key in wanted:
@@ -249,4 +249,4 @@ def load_bundle_params(bundle_path, like_params):
                              f"but {tuple(like_leaf.shape)} in the model being initialised; {hint}")
         return np.asarray(value, dtype=like_leaf.dtype)
 
-    return _unflatten_like(weights, like_params, convert)
+    return unflatten_like(weights, like_params, convert)

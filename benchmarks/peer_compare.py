@@ -2,9 +2,10 @@
 `omni bench` of configs/openclip_small.py (f32 and bf16), several rounds, in one run, and report
 images/s and their ratios per round (alternating keeps a noisy machine fair to both).
 
-    python -m omni.peer_compare --peer-venv /tmp/peer [--rounds 3]
+    python benchmarks/peer_compare.py --peer-venv /tmp/peer [--rounds 3]
 
-The peer's venv recipe is in ../shared/tools/peer_openclip_step.py; without it this exits 2.
+The peer's venv recipe is in ../shared/tools/peer_openclip_step.py (outside this repo); without it
+this exits 2. It lives outside the installed package because it runs that script; see docs/performance.md.
 """
 from __future__ import annotations
 
