@@ -9,7 +9,7 @@ from omni.config import load_config
 
 
 def get_config():
-    # text + image: the shape the README's H100 figures were measured with
+    # text + image: the shape docs/performance.md's H100 figures were measured with
     c = load_config(str(Path(__file__).with_name("base.py")), ["--config.modalities=text,image"])
     c.name = "gpu_1b"
     # Measured on an H100 (launch/gpu_bench.sh): batch 128 and a bf16 residual stream took the

@@ -343,10 +343,9 @@ def siglip_initial_bias(config) -> float:
     """b = -log(batch size): the prior log-odds that a pair is a positive (1 pair in B per row).
     SigLIP's b = -10 is this prior at its 32k batch (log 32768 = 10.4). At a small batch, b = -10
     starts positives at a loss of ~10 and negatives at ~0, and Adam moves a scalar by at most ~lr
-    per step, so b is still about -10 after a short run (-9.94 after the default 600 steps): the
-    cheapest way left to raise the positives' logits is to pull every embedding together. Smell
-    and its captions did exactly that (smell->text R@1 0.000 in the default run); from b = -log 64
-    they learned (0.132, chance 0.008; `omni train`, README)."""
+    per step, so b is still about -10 after a short run: the cheapest way left to raise the
+    positives' logits is to pull every embedding together, and smell and its captions did exactly
+    that in the default run. docs/evaluation.md has the measurements."""
     return -math.log(max(int(config.train.batch_size), 2))
 
 

@@ -1,10 +1,14 @@
 """`omni bench`: the figures it reports follow from each other as documented, and `--profile`
 leaves a trace a profiler can open."""
+import json
+import subprocess
+
+import numpy as np
 import pytest
 
 from omni.bench import bench
 from omni.flops import model_flops_per_step, tokens_per_step
-from tests.conftest import small_config
+from tests.conftest import REPO, omni_command, small_config
 
 
 def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
@@ -21,3 +25,19 @@ def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
 
     traces = list((tmp_path / "trace").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_bench_on_real_data_fits_the_run_assets(default_data):
+    """`omni bench --config configs/base.py` as interface.md documents it (not --synthetic): the
+    batch comes from the default dataset with the assets a run fits, the smell SVD basis among
+    them (base's svd_dim=256). Only the model is shrunk, so the step stays seconds on a CPU."""
+    out = subprocess.run(omni_command(
+        "bench", "--config", "configs/base.py", "--steps", "1",
+        "--config.model.width=32", "--config.model.depth=1", "--config.model.heads=2",
+        "--config.model.embed_dim=32", "--config.train.batch_size=4", "--config.data.num_threads=1"),
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["config"] == "base" and result["batch_size"] == 4
+    assert np.isfinite(result["loss"]) and result["loss"] > 0
+    assert result["step_time_s"] > 0 and 0 < result["mfu"]

@@ -32,7 +32,7 @@ def get_config():
     c.base = "tiny.py"
     c.runner = "local"
     c.overrides = [
-        "--config.modalities=text,image",     # the sweep whose fit the README reports
+        "--config.modalities=text,image",     # the sweep whose fit docs/scaling.md reports
         "--config.train.eval_every=0",        # retrieval eval is not needed for the fit
         "--config.train.log_every=25",
         "--config.train.checkpoint_every=100",
