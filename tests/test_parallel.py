@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMALL, omni_command
+from tests.conftest import BASE_XLA_FLAGS, REPO, SMALL, omni_command
 
 # Eight virtual devices share 2 cores: under load a collective's participants can take longer
 # than XLA's default 40 s to meet. Rarely they never meet (an XLA CPU rendezvous deadlock between
 # virtual devices, seen here twice in about eight runs, not seen on the multi-process path);
 # such a run is retried once, with the same inputs and the same assertions.
-PATIENT = " --xla_cpu_collective_call_terminate_timeout_seconds=120"
+PATIENT = f" --xla_cpu_collective_call_terminate_timeout_seconds=120 {BASE_XLA_FLAGS}"
 EIGHT = "--xla_force_host_platform_device_count=8" + PATIENT
 
 
@@ -130,7 +130,7 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
 def test_killing_one_process_stops_the_other(tmp_path):
     port = 29000 + os.getpid() % 1000
     common = dict(OMNI_COORDINATOR=f"127.0.0.1:{port}", OMNI_NUM_PROCESSES="2", OMNI_HEARTBEAT_TIMEOUT_S="15",
-                  XLA_FLAGS="--xla_force_host_platform_device_count=2")
+                  XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {BASE_XLA_FLAGS}")
     args = omni_command("train", "--workdir", str(tmp_path / "run"), *SMALL, "--config.train.steps=100000",
                         "--config.train.log_every=1", "--config.train.eval_every=0")
     logs = [open(tmp_path / f"process{i}.log", "w") for i in range(2)]
