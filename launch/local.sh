@@ -6,6 +6,7 @@
 # Each process gets TOTAL/N virtual CPU devices (TOTAL defaults to N) and the coordinator
 # variables that omni reads (OMNI_COORDINATOR, OMNI_NUM_PROCESSES, OMNI_PROCESS_ID). If any
 # process fails, the others are stopped and the launcher exits with that process's status.
+# SIGTERM or SIGINT to the launcher reaches every process: they save at one agreed step and exit 0.
 set -euo pipefail
 
 if [[ $# -lt 3 ]]; then
@@ -36,12 +37,24 @@ for (( i = 0; i < num_processes; i++ )); do
   pids+=($!)
 done
 
+declare -A alive=()
+for pid in "${pids[@]}"; do alive[$pid]=1; done
 status=0
-# Wait for the first process to finish; a failure stops the others.
-for (( remaining = num_processes; remaining > 0; remaining-- )); do
-  if ! wait -n; then
-    status=$?
-    [[ $status -ne 0 ]] && cleanup
+# Wait for each process as it finishes (bash >= 5.1: `wait -n -p`); the first failure stops the
+# others, and its status is the launcher's. (`wait -n || code=$?` keeps wait's own status:
+# inside `if ! wait -n`, $? would be the negation's.)
+while (( ${#alive[@]} > 0 )); do
+  code=0
+  finished=""
+  wait -n -p finished "${!alive[@]}" || code=$?
+  # A signal to the launcher interrupts `wait` before any process finished; the trap has passed
+  # it on to them, so keep waiting for their own statuses.
+  [[ -n "${finished:-}" ]] || continue
+  unset "alive[$finished]"
+  if (( code != 0 && status == 0 )); then
+    status=$code
+    echo "local.sh: a process exited with status $code; stopping the others" >&2
+    cleanup
   fi
 done
 exit $status

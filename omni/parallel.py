@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import jax
 import numpy as np
@@ -36,10 +37,14 @@ AXIS_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
 _RULES = dict(AXIS_RULES)
 
 
+# What JAX needs to detect an srun task (jax/_src/clusters/slurm_cluster.py).
+SLURM_TASK_VARIABLES = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
+
+
 def maybe_initialize_distributed() -> None:
     """Join a multi-process run when the environment describes one: explicit coordinator
-    variables (launch/local.sh, launch/jobset.yaml), or SLURM / TPU VM, which jax detects itself.
-    OMNI_NO_DISTRIBUTED=1 keeps a single process (e.g. a one-task SLURM job)."""
+    variables (launch/local.sh, launch/jobset.yaml), or an srun task / TPU VM, which jax detects
+    itself. OMNI_NO_DISTRIBUTED=1 keeps a single process (e.g. a one-task SLURM job)."""
     if jax.distributed.is_initialized():
         return
     coordinator = os.environ.get("OMNI_COORDINATOR")
@@ -53,8 +58,18 @@ def maybe_initialize_distributed() -> None:
             process_id=int(os.environ["OMNI_PROCESS_ID"]),
             heartbeat_timeout_seconds=heartbeat,
         )
-    elif any(k in os.environ for k in ("SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES")) \
-            and os.environ.get("OMNI_NO_DISTRIBUTED") != "1":
+    elif os.environ.get("OMNI_NO_DISTRIBUTED") == "1":
+        return
+    elif "SLURM_JOB_ID" in os.environ:
+        missing = [name for name in SLURM_TASK_VARIABLES if name not in os.environ]
+        if missing:
+            # A shell inside an allocation (ssh to a node, salloc) rather than an srun task: JAX's
+            # detection would fail half-way (jax issue 30073), so run one process and say why.
+            print(f"omni: SLURM_JOB_ID is set but not {', '.join(missing)} (not an srun task): "
+                  "running as one process", file=sys.stderr, flush=True)
+            return
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+    elif "TPU_WORKER_HOSTNAMES" in os.environ:
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
 
 

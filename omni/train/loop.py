@@ -25,7 +25,7 @@ from omni.run.bundle import load_bundle_params
 from omni.run.setup import build_setup
 from omni.train.guards import BadStepWatch, check_resume_compatible
 from omni.train.metrics import MetricsWriter, Progress
-from omni.train.preemption import PreemptionSignal
+from omni.train.preemption import Preemption
 from omni.validation import validate
 
 
@@ -44,7 +44,7 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
     checkpoint and raises Preempted. With an evaluator, it runs every train.eval_every steps on
     the held-out split config.eval.split (when the dataset has one)."""
     workdir = Path(workdir)
-    with PreemptionSignal() as preemption:
+    with Preemption() as preemption:
         mesh = set_up_mesh(config, workdir)
         data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
         try:
@@ -166,7 +166,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                     last.update(results)
                     log(" ".join(f"{k}={v:.3f}" for k, v in results.items() if k.endswith("R@1")))
                     window_start, window_steps = time.perf_counter(), 0
-                if preemption.received:
+                if preemption.reached(done):
                     if checkpoints.latest_step() != done:
                         checkpoints.save(done, state, saved_assets, force=True)
                     raise Preempted(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume")
