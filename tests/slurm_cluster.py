@@ -54,6 +54,9 @@ class SlurmCluster:
         r = self.root
         self.conf.write_text("\n".join([
             "ClusterName=omnitest",
+            # JAX derives its coordinator port from the job id: ids unique to this cluster keep
+            # a job clear of anything left from another test session.
+            f"FirstJobId={1000 + int.from_bytes(os.urandom(2), 'big') % 50000}",
             f"SlurmctldHost={self.host}",
             f"SlurmctldPort={free_port()}",
             f"SlurmdPort={free_port()}",
@@ -92,9 +95,9 @@ class SlurmCluster:
         log = open(self.root / "log" / f"{name}.out", "w")
         self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env))
 
-    def _run(self, *command, **kwargs) -> subprocess.CompletedProcess:
-        return subprocess.run([binary(command[0]), *command[1:]], capture_output=True, text=True, env=self.env,
-                              timeout=60, **kwargs)
+    def _run(self, *command, env=None, **kwargs) -> subprocess.CompletedProcess:
+        return subprocess.run([binary(command[0]), *command[1:]], capture_output=True, text=True,
+                              env=env or self.env, timeout=60, **kwargs)
 
     def _wait(self, ready, timeout, message) -> None:
         deadline = time.time() + timeout
@@ -127,6 +130,11 @@ class SlurmCluster:
         raise AssertionError(f"job {job_id} not in {states} after {timeout} s: {self.job(job_id)}")
 
     def stop(self) -> None:
+        """Cancel every job of this cluster, wait for their processes to end, then stop the daemons."""
+        self._run("scancel", "--full", "--user=root")
+        deadline = time.time() + 30
+        while self._run("squeue", "-h").stdout.strip() and time.time() < deadline:
+            time.sleep(0.5)
         for process in reversed(self.processes):
             process.terminate()
         for process in reversed(self.processes):

@@ -119,9 +119,11 @@ def assert_same_final_params(a: Path, b: Path) -> None:
 
 
 def task_pids(workdir: Path) -> list[int]:
-    out = subprocess.run(["ps", "-eo", "pid=,comm=,args="], capture_output=True, text=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,comm=,args="], capture_output=True, text=True).stdout
+    # The tasks are python processes (the venv's `omni` script); srun and the batch script, whose
+    # command lines hold the same arguments, are not.
     return [int(line.split()[0]) for line in out.splitlines()
-            if line.split()[1] in ("omni", "python", "python3") and f"--workdir {workdir}" in line]
+            if (line.split()[1] == "omni" or line.split()[1].startswith("python")) and f"--workdir {workdir}" in line]
 
 
 def test_a_dead_task_fails_the_job(slurm, tmp_path):
