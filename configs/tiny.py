@@ -18,6 +18,9 @@ def get_config():
         lr=2e-3, warmup_steps=60, min_lr_ratio=0.05, weight_decay=0.05, grad_clip=1.0,
         b1=0.9, b2=0.98,
         max_bad_steps=10,  # stop after this many consecutive non-finite steps (0 = never)
+        # FLOP/s of one device for the logged MFU: 0 = measure a matmul at the start of the run;
+        # or the accelerator's spec sheet figure (e.g. 989e12 for an H100's dense bf16)
+        peak_flops_per_device=0.0,
     ))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 

@@ -34,14 +34,6 @@ def write_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_peak_flops_benchmark():
-    """train() times a 2048^3 matmul for its MFU figure: seconds on 2 cores that these tests skip."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("omni.train.loop.measure_peak_flops", lambda *args, **kwargs: 1e12)
-        yield
-
-
 SMELLS = ["CCOC(C)=O", "CCCCCCO", "CC(C)CCOC(C)=O", "CC(=O)O"]
 
 

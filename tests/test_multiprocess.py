@@ -80,13 +80,35 @@ def workers(launcher) -> list[int]:
     return sorted(int(pid) for pid in out.stdout.split())
 
 
-def test_killing_one_process_ends_the_launcher_with_its_status(tmp_path):
-    """SIGKILL one of two processes: the other is stopped (or stops on its own once the
-    coordination service misses the dead one's heartbeats), and the LAUNCHER exits with the
-    killed process's status within 60 s, so a scheduler never records a dead run as done."""
-    launcher, log = start_local_launcher(tmp_path, tmp_path / "run", steps=100000)
+def test_preempt_one_process_then_resume_then_kill_one(tmp_path):
+    """A 2-process run through launch/local.sh, preempted, resumed, then broken:
+    1. SIGTERM to ONE process (as a node's preemption notice is): JAX's preemption sync point gives
+       both processes the same step, both save it and exit 0, and the launcher exits 0;
+    2. the same command resumes from that checkpoint;
+    3. SIGKILL to one process: the other is stopped (or stops once the coordination service misses
+       the dead one's heartbeats), and the LAUNCHER exits with the killed process's status within
+       60 s, so a scheduler never records a dead run as done."""
+    workdir = tmp_path / "run"
+    launcher, log = start_local_launcher(tmp_path, workdir, steps=100000)
     try:
-        wait_for_steps(tmp_path / "run", 3, launcher, log)
+        wait_for_steps(workdir, 3, launcher, log)
+        os.kill(workers(launcher)[1], signal.SIGTERM)
+        returncode = launcher.wait(timeout=120)
+    finally:
+        launcher.kill()
+    text = log.read_text()
+    assert returncode == 0, text[-3000:]
+    saved = [int(line.rsplit("step ", 1)[1].split(";")[0]) for line in text.splitlines()
+             if "SIGTERM: saved a checkpoint at step" in line]
+    assert len(saved) == 2 and saved[0] == saved[1], text[-3000:]  # both processes, one step
+    stopped_at = saved[0]
+    assert max(losses(workdir)) == stopped_at
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped_at]
+
+    launcher, log = start_local_launcher(tmp_path, workdir, steps=100000)
+    try:
+        wait_for_steps(workdir, stopped_at + 3, launcher, log)
+        assert f"resumed from step {stopped_at}" in log.read_text()
         pids = workers(launcher)
         assert len(pids) == 2
         os.kill(pids[1], signal.SIGKILL)
@@ -98,30 +120,3 @@ def test_killing_one_process_ends_the_launcher_with_its_status(tmp_path):
     assert returncode == 128 + signal.SIGKILL, log.read_text()[-3000:]
     assert elapsed <= 60, elapsed
     assert not workers(launcher)
-
-
-def test_sigterm_to_one_process_saves_both_at_one_step_and_resumes(tmp_path):
-    """Preempting a 2-process run (SIGTERM to ONE process, as a node's preemption notice is):
-    JAX's preemption sync point gives both processes the same step, both save it and exit 0, and
-    the launcher exits 0. Rerunning the command resumes from that checkpoint and finishes."""
-    workdir = tmp_path / "run"
-    launcher, log = start_local_launcher(tmp_path, workdir, steps=40)
-    try:
-        wait_for_steps(workdir, 3, launcher, log)
-        os.kill(workers(launcher)[1], signal.SIGTERM)
-        returncode = launcher.wait(timeout=120)
-    finally:
-        launcher.kill()
-    text = log.read_text()
-    assert returncode == 0, text[-3000:]
-    saved = [int(line.rsplit("step ", 1)[1].split(";")[0]) for line in text.splitlines()
-             if "SIGTERM: saved a checkpoint at step" in line]
-    assert len(saved) == 2 and saved[0] == saved[1] < 40, text[-3000:]  # both processes, one step
-    stopped_at = saved[0]
-    assert max(losses(workdir)) == stopped_at
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [stopped_at]
-
-    launcher, log = start_local_launcher(tmp_path, workdir, steps=40)
-    assert launcher.wait(timeout=300) == 0, log.read_text()[-3000:]
-    assert f"resumed from step {stopped_at}" in log.read_text()
-    assert max(losses(workdir)) == 40

@@ -121,9 +121,11 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
         train_step = setup.compile_train_step()  # the update step, compiled once (omni.run.setup)
         batch_shardings = setup.batch_shardings()
     flops = model_flops_per_step(config)  # for the global batch
-    # A quicker peak than `omni bench` takes (it starts every run, tests included), so this MFU
-    # may read a few percent high.
-    peak = measure_peak_flops(config.model.dtype, warmup_s=0.5, cpu_measure_s=0.0) * jax.device_count()
+    # The configured peak, or a quicker measurement than `omni bench` takes (it starts every run),
+    # so this MFU may read a few percent high.
+    peak = float(config.train.get("peak_flops_per_device", 0.0)) or \
+        measure_peak_flops(config.model.dtype, warmup_s=0.5, cpu_measure_s=0.0)
+    peak *= jax.device_count()
     tokens = tokens_per_step(config)
     writer = MetricsWriter(workdir)
     progress = Progress(steps, start)

@@ -1,6 +1,7 @@
 """Assemble the default dataset from its sources, split it, and cache it on disk."""
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
 from pathlib import Path
@@ -53,15 +54,22 @@ def default_records() -> dict[str, list[dict]]:
 
 
 def ensure_default_dataset() -> Path:
-    """Build the default dataset into the cache on first use; return its folder."""
+    """Build the default dataset into the cache on first use; return its folder. Processes that
+    start together (a multi-process run on one host, parallel tests) build it once: the first
+    takes a file lock and builds, the others wait for it and then find the dataset."""
     out = default_data_dir()
-    if not list(out.glob("**/dataset_info.json")):
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # Build beside the final place and rename: a killed build never looks complete.
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-        write_dataset(default_records(), tmp)
-        try:
+    if _is_built(out):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        if not _is_built(out):
+            # Build beside the final place and rename: a killed build never looks complete.
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+            write_dataset(default_records(), tmp)
             tmp.rename(out)
-        except OSError:  # another process finished first
-            pass
     return out
+
+
+def _is_built(folder: Path) -> bool:
+    return bool(list(folder.glob("**/dataset_info.json")))
