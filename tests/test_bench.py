@@ -8,7 +8,7 @@ import pytest
 
 from omni.bench import bench
 from omni.flops import model_flops_per_step, tokens_per_step
-from tests.conftest import REPO, omni_command, small_config
+from tests.conftest import REPO, SMALL_ALL, omni_command, small_config
 
 
 def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
@@ -28,16 +28,14 @@ def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
 
 
 def test_bench_on_real_data_fits_the_run_assets(default_data):
-    """`omni bench --config configs/base.py` as interface.md documents it (not --synthetic): the
-    batch comes from the default dataset with the assets a run fits, the smell SVD basis among
-    them (base's svd_dim=256). Only the model is shrunk, so the step stays seconds on a CPU."""
-    out = subprocess.run(omni_command(
-        "bench", "--config", "configs/base.py", "--steps", "1",
-        "--config.model.width=32", "--config.model.depth=1", "--config.model.heads=2",
-        "--config.model.embed_dim=32", "--config.train.batch_size=4", "--config.data.num_threads=1"),
-        capture_output=True, text=True, timeout=900, cwd=REPO)
+    """`omni bench` as interface.md documents it (not --synthetic): the batch comes from the
+    default dataset, encoded with the assets a run fits, the smell SVD basis among them (this
+    crashed when bench trained only a tokenizer). Five small modalities keep it seconds on a CPU."""
+    out = subprocess.run(omni_command("bench", "--steps", "1", *SMALL_ALL), capture_output=True, text=True,
+                         timeout=900, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
-    assert result["config"] == "base" and result["batch_size"] == 4
+    assert "fitted the smell asset on the training split" in out.stderr
+    assert result["config"] == "tiny" and result["batch_size"] == 8
     assert np.isfinite(result["loss"]) and result["loss"] > 0
     assert result["step_time_s"] > 0 and 0 < result["mfu"]

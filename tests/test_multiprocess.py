@@ -99,7 +99,7 @@ def test_preempt_one_process_then_resume_then_kill_one(tmp_path):
     text = log.read_text()
     assert returncode == 0, text[-3000:]
     saved = [int(line.rsplit("step ", 1)[1].split(";")[0]) for line in text.splitlines()
-             if "SIGTERM: saved a checkpoint at step" in line]
+             if "preemption signal: saved a checkpoint at step" in line]
     assert len(saved) == 2 and saved[0] == saved[1], text[-3000:]  # both processes, one step
     stopped_at = saved[0]
     assert max(losses(workdir)) == stopped_at

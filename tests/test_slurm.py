@@ -93,13 +93,20 @@ def test_preempted_job_saves_requeues_and_resumes_exactly(slurm, uninterrupted, 
         time.sleep(0.5)
     log = Path(f"{workdir}.log").read_text()
     saved = sorted({int(line.rsplit("step ", 1)[1].split(";")[0]) for line in log.splitlines()
-                    if "SIGTERM: saved a checkpoint at step" in line})
+                    if "preemption signal: saved a checkpoint at step" in line})
     assert len(saved) == 1 and saved[0] < STEPS, log[-3000:]
-    # A requeued job waits about 2 minutes to become eligible; start it now.
+    # A requeued job waits about 2 minutes to become eligible; start it now, once the first run's
+    # processes are gone (started sooner, slurmd refuses it: "Job credential revoked").
+    slurm.wait_for_state(job, {"PENDING"}, timeout=120)
+    deadline = time.time() + 120
+    while task_pids(workdir) or step_daemons(job):
+        assert time.time() < deadline, slurm.job(job)
+        time.sleep(0.5)
+    time.sleep(2)  # slurmd's own cleanup of the finished run
     slurm.run("scontrol", "update", f"JobId={job}", "StartTime=now")
     info = slurm.wait_for_state(job, {"COMPLETED", "FAILED", "CANCELLED"})
     log = Path(f"{workdir}.log").read_text()
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", log[-3000:]
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, log[-3000:], slurm.logs())
     assert f"resumed from step {saved[0]}" in log
     expected, got = losses(uninterrupted), losses(workdir)
     assert sorted(got) == list(range(1, STEPS + 1))
@@ -126,10 +133,15 @@ def task_pids(workdir: Path) -> list[int]:
             if (line.split()[1] == "omni" or line.split()[1].startswith("python")) and f"--workdir {workdir}" in line]
 
 
+def step_daemons(job_id: str) -> list[str]:
+    """slurmstepd processes still serving the job (their command line names it: `[JOB.batch]`)."""
+    out = subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if line.startswith("slurmstepd") and f"[{job_id}." in line]
+
+
 def test_a_dead_task_fails_the_job(slurm, tmp_path):
     workdir = tmp_path / "killed"
-    job = submit(slurm, workdir, "--nodes=1", "--ntasks=2",
-                 args=[*RUN, "--config.train.steps=100000"])
+    job = submit(slurm, workdir, "--nodes=1", "--ntasks=2")  # RUN as before: its compiled step is cached
     wait_for_steps(workdir, 3, slurm, job)
     pids = task_pids(workdir)
     assert len(pids) == 2, pids

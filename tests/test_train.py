@@ -171,7 +171,7 @@ def test_kill_then_resume_matches_uninterrupted_run(tmp_path):
     wait_for(lambda: max(losses_by_step(interrupted, rows_before) or [0]) >= resumed_from + 3, process)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 0, process.stderr.read()[-2000:]
-    assert "SIGTERM: saved a checkpoint at step" in process.stderr.read()
+    assert "preemption signal: saved a checkpoint at step" in process.stderr.read()
     stopped_at = max(losses_by_step(interrupted, rows_before))
     assert max(complete_checkpoints(interrupted)) == stopped_at
 

@@ -171,7 +171,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                 if preemption.reached(done):
                     if checkpoints.latest_step() != done:
                         checkpoints.save(done, state, saved_assets, force=True)
-                    raise Preempted(f"SIGTERM: saved a checkpoint at step {done}; rerun the same command to resume")
+                    raise Preempted(f"preemption signal: saved a checkpoint at step {done}; rerun the same command to resume")
     finally:
         progress.close()
         writer.close()
