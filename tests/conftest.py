@@ -57,15 +57,3 @@ def default_data():
     from omni.data.default import ensure_default_dataset
     return ensure_default_dataset()
 
-
-# Slowest files first. pytest-xdist (--dist loadfile) hands out whole files in collection order,
-# so the multi-process and mesh files, which take minutes each, start at once instead of running
-# alone at the end while the other worker idles. Order within a file is kept (the sort is stable).
-SLOW_FILES_FIRST = ("test_parallel.py", "test_multiprocess.py", "test_slurm.py", "test_precision.py",
-                    "test_faults.py", "test_bad_inputs.py", "test_train.py", "test_export.py",
-                    "test_scaling.py", "test_mup.py")
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES_FIRST)))
