@@ -7,6 +7,7 @@ so the trainer does not depend on the tools built on top of it.
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Protocol
@@ -70,7 +71,10 @@ def set_up_mesh(config, workdir: Path):
     check_resume_compatible(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
-        (workdir / "config.json").write_text(config_lib.to_json(config))
+        # Written whole and renamed: the other processes read it at the same time (resume check).
+        tmp = workdir / f"config.json.tmp-{os.getpid()}"
+        tmp.write_text(config_lib.to_json(config))
+        os.replace(tmp, workdir / "config.json")
     log(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
         f"{jax.process_count()} process(es); workdir {workdir}")
     return mesh
