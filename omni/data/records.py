@@ -55,9 +55,9 @@ def _builder_class():
             return {split: self._generate_examples(records) for split, records in self._splits.items()}
 
         def _generate_examples(self, records):
-            binary = bytes_fields()
+            binary, names = bytes_fields(), fields()  # once per split, not once per record
             for index, record in enumerate(records):
-                yield index, {name: record.get(name, b"" if name in binary else "") for name in fields()}
+                yield index, {name: record.get(name, b"" if name in binary else "") for name in names}
 
     return OmniRecords
 

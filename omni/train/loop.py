@@ -41,9 +41,10 @@ class Evaluator(Protocol):
 
 
 def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> dict:
-    """Train (or resume) the run in workdir; returns the last logged metrics. SIGTERM saves a
-    checkpoint and raises Preempted. With an evaluator, it runs every train.eval_every steps on
-    the held-out split config.eval.split (when the dataset has one)."""
+    """Train (or resume) the run in workdir; returns the last logged metrics. SIGTERM or SIGUSR1
+    saves a checkpoint (at one agreed step on every process) and raises Preempted. With an
+    evaluator, it runs every train.eval_every steps on the held-out split config.eval.split
+    (when the dataset has one)."""
     workdir = Path(workdir)
     with Preemption() as preemption:
         mesh = set_up_mesh(config, workdir)
