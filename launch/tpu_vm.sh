@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# omni on a multi-host Cloud TPU VM slice: the same command on every worker.
-#   launch/tpu_vm.sh TPU_NAME ZONE          (the one line to change is the omni command below)
-# On TPU VMs jax.distributed.initialize() finds the other workers itself; omni detects
-# TPU_WORKER_HOSTNAMES and calls it. WORKDIR should be shared storage (a gs:// bucket or NFS).
+# omni on a multi-host Cloud TPU VM slice: the same `omni train` on every worker, over gcloud ssh.
+#   launch/tpu_vm.sh TPU_NAME ZONE            (change the omni train arguments below)
+#   launch/tpu_vm.sh TPU_NAME ZONE --print    (show the gcloud command; run nothing)
+# On TPU VMs jax.distributed finds the other workers itself (omni sees TPU_WORKER_HOSTNAMES).
+# WORKDIR must be shared storage (a gs:// bucket or NFS). Not run from this repository (no TPU here).
 set -euo pipefail
-tpu=$1; zone=$2
-gcloud compute tpus tpu-vm ssh "$tpu" --zone "$zone" --worker=all --command "
-  cd ~/omni && source .venv/bin/activate &&
-  omni train --config configs/base.py --workdir gs://YOUR_BUCKET/runs/base --config.mesh.fsdp=-1"
+tpu=$1; zone=$2; shift 2
+exec omni launch tpu-vm --tpu "$tpu" --zone "$zone" "$@" -- \
+  --config configs/base.py --workdir gs://YOUR_BUCKET/runs/base --config.mesh.fsdp=-1

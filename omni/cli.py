@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from omni.eval import commands as eval_commands
 from omni.eval.periodic import PeriodicEvaluator
 from omni.export.bundle import export_bundle
 from omni.export.embed import cli_embed
+from omni.launchers import jobset_manifest, tpu_vm_command
 from omni.scaling.commands import cli_fit, cli_sweep
 from omni.train import train
 
@@ -81,9 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     robust.add_argument("--fusion", choices=["early", "late"], default="early")
     robust.add_argument("--max-examples", type=int, default=None)
     sweep = commands.add_parser("sweep", help="run a scaling-law grid of runs (finished runs are skipped)")
-    sweep.add_argument("--config", required=True)
-    sweep.add_argument("--out", required=True)
+    sweep.add_argument("--config", default=None)
+    sweep.add_argument("--out", default=None)
     sweep.add_argument("--only", type=int, default=None, help="run just this grid point (a SLURM array task)")
+    sweep.add_argument("--runner", choices=["local", "slurm"], default=None,
+                       help="local: one run after another here; slurm: one job array (default: the config's)")
+    sweep.add_argument("--max-parallel", type=int, default=None, help="slurm: at most K array tasks at once")
+    sweep.add_argument("--status", default=None, metavar="DIR",
+                       help="list each grid point of DIR as done / running / queued / failed, with job ids")
     scaling = commands.add_parser("scaling", help="scaling-law analysis")
     scaling_commands = scaling.add_subparsers(dest="scaling_command", required=True)
     fit = scaling_commands.add_parser("fit", help="fit L(N, D) to the runs in DIR; write fit.json and plots")
@@ -133,8 +141,48 @@ def _positionals_first(argv: list[str], options_with_values: set[str]) -> list[s
     return positionals + options
 
 
+def _launch_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="omni launch", description="run `omni train TRAIN_ARGS` on every host of a TPU VM slice or a "
+        "Kubernetes JobSet (omni.launchers); --print shows the command or manifest without running it",
+        usage="omni launch {tpu-vm,jobset} [options] [--print] -- TRAIN_ARGS...")
+    targets = parser.add_subparsers(dest="target", required=True)
+    tpu = targets.add_parser("tpu-vm", help="gcloud compute tpus tpu-vm ssh --worker=all")
+    tpu.add_argument("--tpu", required=True)
+    tpu.add_argument("--zone", required=True)
+    tpu.add_argument("--project", default=None)
+    tpu.add_argument("--repo-dir", default="~/omni", help="the checkout (with .venv) on each worker")
+    jobset = targets.add_parser("jobset", help="a JobSet manifest, applied with kubectl apply -f -")
+    jobset.add_argument("--image", required=True)
+    jobset.add_argument("--processes", type=int, required=True, help="pods, one omni process each")
+    jobset.add_argument("--gpus-per-pod", type=int, default=8)
+    jobset.add_argument("--name", default="omni-train")
+    for target in (tpu, jobset):
+        target.add_argument("--print", action="store_true", help="show what would run; run nothing")
+    return parser
+
+
+def _launch(argv: list[str]) -> int:
+    """`omni launch TARGET OPTIONS -- TRAIN_ARGS`: everything after `--` goes to `omni train`."""
+    split = argv.index("--") if "--" in argv else len(argv)
+    args, train_args = _launch_parser().parse_args(argv[:split]), argv[split + 1:]
+    if args.target == "tpu-vm":
+        command = tpu_vm_command(args.tpu, args.zone, train_args, args.repo_dir, args.project)
+        if args.print:
+            print(shlex.join(command))
+            return 0
+        return subprocess.run(command).returncode
+    manifest = jobset_manifest(train_args, args.image, args.processes, args.name, args.gpus_per_pod)
+    if args.print:
+        print(manifest, end="")
+        return 0
+    return subprocess.run(["kubectl", "apply", "-f", "-"], input=manifest, text=True).returncode
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["launch"]:
+        return _launch(argv[1:])
     if argv[:1] == ["embed"]:
         argv = ["embed"] + _positionals_first(argv[1:], {"--modality", "--out", "--text"})
     rest, overrides = _split_overrides(argv)
@@ -151,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "eval":
             return _print(_eval(args))
         if args.command == "sweep":
-            return _print(cli_sweep(args.config, args.out, only=args.only))
+            return _print(cli_sweep(args.config, args.out, only=args.only, runner=args.runner,
+                                    max_parallel=args.max_parallel, status=args.status))
         if args.command == "scaling":
             return _print(cli_fit(args.dir))
         if args.command == "export":
@@ -161,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"omni: config error: {e}", file=sys.stderr)
         return 2
+    except Preempted as e:  # a sweep's run saved at a preemption signal: rerun to resume
+        print(f"omni: {e}", file=sys.stderr)
+        return 0
     except (FileNotFoundError, ValueError) as e:
         print(f"omni: {e}", file=sys.stderr)
         return 2

@@ -73,6 +73,25 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
 
 
+def loop_collectives_are_ordered(mesh: Mesh) -> bool:
+    """Whether collectives inside a while loop run in the same order, relative to the collectives
+    outside it, on every device of `mesh`.
+
+    Not on XLA:CPU with sharded parameters. Its runtime launches each thunk as soon as its inputs
+    are ready, so a scanned layer stack (a while loop whose body all-gathers the FSDP / tensor
+    shards of each layer) and an independent collective outside it (the ring SigLIP's ppermute)
+    can start in different orders on different devices. Each then waits in a rendezvous the others
+    never reach: on 8 CPU devices `mesh.fsdp=8` deadlocked (4 devices in the all-gather of the
+    loop body, 4 in a collective-permute). Data-parallel meshes are safe: their parameters are
+    replicated, so the loop holds no collective. OMNI_CPU_SCAN_LAYERS=1 keeps the scan anyway,
+    to check whether an XLA version still deadlocks (the reproducer in docs/launch.md).
+    """
+    if os.environ.get("OMNI_CPU_SCAN_LAYERS") == "1":
+        return True
+    sharded = mesh.shape.get("fsdp", 1) * mesh.shape.get("tensor", 1) > 1
+    return not (sharded and mesh.devices.flat[0].platform == "cpu")
+
+
 def make_mesh(shape: tuple[int, int, int]) -> Mesh:
     """A (data, fsdp, tensor) mesh over all devices, Auto axis types (sharding by the compiler)."""
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import BASE_XLA_FLAGS, REPO, SMALL, omni_command
-from tests.test_parallel import EIGHT, PATIENT, mesh_args, run_retrying_deadlocks
+from tests.test_parallel import EIGHT, PATIENT, mesh_args
 
 RUN = SMALL + ["--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=0",
                "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=5"]
@@ -34,8 +34,8 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
                          env=dict(os.environ, XLA_FLAGS=PATIENT))
     assert out.returncode == 0, out.stderr[-3000:]
     one = tmp_path / "one_process"
-    out = run_retrying_deadlocks(omni_command("train", "--workdir", str(one), *RUN, *mesh_args(2, 2, 2)),
-                                 env=dict(os.environ, XLA_FLAGS=EIGHT))
+    out = subprocess.run(omni_command("train", "--workdir", str(one), *RUN, *mesh_args(2, 2, 2)),
+                         capture_output=True, text=True, timeout=900, cwd=REPO, env=dict(os.environ, XLA_FLAGS=EIGHT))
     assert out.returncode == 0, out.stderr[-3000:]
     assert_close(losses(two), losses(one), range(1, 5))
 
@@ -44,8 +44,9 @@ def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
     shutil.copytree(two, moved)
     shutil.rmtree(moved / "checkpoints" / "4")
     (moved / "metrics.jsonl").unlink()
-    out = run_retrying_deadlocks(omni_command("train", "--workdir", str(moved), *RUN, *mesh_args(1, 4, 1)),
-                                 env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4" + PATIENT))
+    out = subprocess.run(omni_command("train", "--workdir", str(moved), *RUN, *mesh_args(1, 4, 1)),
+                         capture_output=True, text=True, timeout=900, cwd=REPO,
+                         env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4" + PATIENT))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "resumed from step 2" in out.stderr
     assert sorted(losses(moved)) == [3, 4]

@@ -185,9 +185,17 @@ def test_slurm_runner_writes_a_job_array(tmp_path, monkeypatch):
     summary = run_sweep(sweep_file, tmp_path / "out")
     script = (tmp_path / "out" / "sweep.sbatch").read_text()
     count = len(grid_points(load_sweep(sweep_file)))
-    assert summary["runs"] == count == 8
-    assert f"#SBATCH --array=0-{count - 1}" in script
+    assert summary["runs"] == count == 8 and summary["submitted"] is None
+    assert f"--array=0-{count - 1}" in summary["note"]
     assert '--only "$SLURM_ARRAY_TASK_ID"' in script and str(sweep_file.resolve()) in script
+    assert 'scontrol requeue "$SLURM_JOB_ID"' in script  # a preempted point resumes
     assert not list((tmp_path / "out" / "runs").iterdir())   # nothing trained here
     with pytest.raises(ValueError, match="grid points 0..7"):
         run_sweep(sweep_file, tmp_path / "out", only=8)
+
+
+def test_array_spec_compresses_consecutive_indices():
+    from omni.scaling import array_spec
+    assert array_spec([0, 1, 2, 3], 2) == "0-3%2"
+    assert array_spec([1, 3, 4, 5, 9], None) == "1,3-5,9"
+    assert array_spec([7], 4) == "7%4"

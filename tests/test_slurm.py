@@ -4,6 +4,7 @@ exactly, and a dead task fails the job. Without slurm-wlm and munge (or root) th
 unless OMNI_REQUIRE_SLURM=1 (set by .ci/run), where they fail."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, SMALL, omni_command
+from tests.conftest import MODEL_SMALL, REPO, SMALL, omni_command
 from tests.slurm_cluster import SlurmCluster, missing_binaries
 
 STEPS = 30
@@ -164,3 +165,89 @@ def test_a_half_slurm_shell_runs_one_process_with_a_note():
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["False", "1"]
     assert "SLURM_JOB_ID is set but not SLURM_STEP_NODELIST" in out.stderr and "one process" in out.stderr
+
+
+def sweep_file_2x2(tmp_path: Path) -> Path:
+    """A 2x2 tiny sweep (two widths x two budgets) of text-only runs, submitted as a job array."""
+    common = [*MODEL_SMALL, "--config.modalities=text", "--config.train.eval_every=0",
+              "--config.train.log_every=1", "--config.train.checkpoint_every=100"]
+    path = tmp_path / "sweep_2x2.py"
+    path.write_text(
+        "import ml_collections\n"
+        "def get_config():\n"
+        "    c = ml_collections.ConfigDict()\n"
+        f"    c.base = {str(REPO / 'configs' / 'tiny.py')!r}\n"
+        "    c.runner = 'local'\n"
+        f"    c.overrides = {common!r}\n"
+        "    c.grid = ml_collections.ConfigDict()\n"
+        "    c.grid.size = {'w16': ['--config.model.width=16', '--config.model.embed_dim=16'], 'w32': []}\n"
+        "    c.grid.budget = {'s02': ['--config.train.steps=2'], 's40': ['--config.train.steps=40']}\n"
+        "    c.axes = ('size', 'budget')\n"
+        "    c.eval_batches = 0\n"
+        "    c.cost_analysis = False\n"
+        "    return c\n")
+    return path
+
+
+def sweep_cli(slurm, *args) -> dict:
+    out = subprocess.run(omni_command("sweep", *args), capture_output=True, text=True, timeout=120, cwd=REPO,
+                         env=slurm.env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def wait_for_sweep(slurm, out: Path, timeout: float = 600) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        status = sweep_cli(slurm, "--status", str(out))
+        if not {"queued", "running"} & set(status["counts"]):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"sweep still in the queue after {timeout} s: {status}")
+
+
+def test_a_sweep_runs_as_one_job_array_and_resubmits_only_unfinished_points(slurm, tmp_path, default_data):
+    sweep_file, out = sweep_file_2x2(tmp_path), tmp_path / "sweep"
+    first = sweep_cli(slurm, "--config", str(sweep_file), "--out", str(out), "--runner", "slurm",
+                      "--max-parallel", "2")
+    assert first["array"] == "0-3%2" and first["submitted"], first
+    status = wait_for_sweep(slurm, out)
+    logs = "\n".join(p.read_text()[-1500:] for p in sorted((out / "logs").glob("*.log")))
+    assert status["counts"] == {"done": 4}, (status, logs)
+    assert [p["job"] for p in status["points"]] == [f"{first['submitted']}_{i}" for i in range(4)]
+    for point in status["points"]:
+        result = json.loads((out / "runs" / point["name"] / "result.json").read_text())
+        assert result["steps"] == int(point["name"][-2:]) and result["loss"] > 0
+
+    # Submitting the finished sweep again submits nothing.
+    again = sweep_cli(slurm, "--config", str(sweep_file), "--out", str(out), "--runner", "slurm")
+    assert again["submitted"] is None and again["done"] == 4, again
+
+    # A point whose run is gone (its task failed) is the only one submitted again; preempted
+    # half-way, it saves, requeues itself and resumes.
+    shutil.rmtree(out / "runs" / "w32-s40")
+    assert sweep_cli(slurm, "--status", str(out))["points"][3]["state"] == "failed"
+    third = sweep_cli(slurm, "--config", str(sweep_file), "--out", str(out), "--runner", "slurm")
+    assert third["array"] == "3" and third["submitted"] not in (None, first["submitted"]), third
+    task = f"{third['submitted']}_3"
+    run = out / "runs" / "w32-s40"
+    wait_for_steps(run, 5, slurm, task)
+    assert slurm.run("scancel", "--signal=USR1", "--batch", task).returncode == 0
+    info = slurm.wait_for_state(task, {"PENDING"}, timeout=120)   # requeued after its save
+    assert int(info["Restarts"]) == 1, info
+    # As above: start the requeued task at once, when the first run's processes are gone.
+    deadline = time.time() + 120
+    while step_daemons(info["JobId"]) or any(f"--out {out} --only 3" in line for line in
+                                              subprocess.run(["ps", "-ww", "-eo", "args="], capture_output=True,
+                                                             text=True).stdout.splitlines()):
+        assert time.time() < deadline, slurm.job(task)
+        time.sleep(0.5)
+    time.sleep(2)
+    slurm.run("scontrol", "update", f"JobId={task}", "StartTime=now")
+    status = wait_for_sweep(slurm, out)
+    log = (out / "logs" / f"{third['submitted']}_3.log").read_text()
+    assert status["counts"] == {"done": 4}, (status, log[-3000:])
+    assert status["points"][3]["job"] == task
+    assert "saved a checkpoint at step" in log and "resumed from step" in log, log[-3000:]
+    assert sorted(losses(run)) == list(range(1, 41))
+    assert len((out / "slurm_jobs.jsonl").read_text().splitlines()) == 2

@@ -8,6 +8,7 @@ had never stopped. Training, evaluation, export and bench all build their state 
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import jax
@@ -114,8 +115,23 @@ class Setup:
         return run
 
 
+def layer_loop_config(config, mesh):
+    """The config with `model.scan_layers` off where the mesh's collectives would not stay in order
+    inside the layers' loop (omni.parallel.loop_collectives_are_ordered: XLA:CPU with sharded
+    parameters). The parameters are stacked either way, so checkpoints do not change."""
+    if not config.model.scan_layers or parallel.loop_collectives_are_ordered(mesh):
+        return config
+    print(f"omni: mesh {dict(mesh.shape)} on CPU shards the parameters: the layers run unrolled "
+          "(model.scan_layers=false), since XLA:CPU can order the collectives inside a loop "
+          "differently on different devices and deadlock (docs/launch.md)", file=sys.stderr, flush=True)
+    config = config.copy_and_resolve_references()
+    config.model.scan_layers = False
+    return config
+
+
 def build_setup(config, mesh) -> Setup:
     """Call outside `jax.set_mesh`: the abstract model must not pick up flax's own sharding."""
+    config = layer_loop_config(config, mesh)
     abstract_model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
     graphdef, abstract_vars = nnx.split(abstract_model)
     shardings = param_shardings(abstract_vars, mesh)

@@ -6,6 +6,7 @@
     grid         a sweep config, its grid points, each point's run config
     measure      what a run's numbers are: N, C (analytic, XLA), held-out L
     sweep        `omni sweep`: train the points (locally or as a SLURM job array), record result.json
+    slurm_array  the job array: its script, submitting the unfinished points, `omni sweep --status`
     results      result.json / runs.csv reading and writing
     fit_dir      `omni scaling fit`: fit a sweep directory, write fit.json; load_fit
     plots        the fit's PNG plots
@@ -23,14 +24,14 @@ from omni.scaling.measure import (EMBEDDING_KEYS, compiled_step_flops, heldout_l
 from omni.scaling.optimise import HUBER_DELTA
 from omni.scaling.plots import make_plots
 from omni.scaling.results import CSV_COLUMNS, load_results, write_runs_csv
-from omni.scaling.sweep import (SLURM_ARRAY_SCRIPT, persistent_compilation_cache, run_one, run_sweep,
-                                write_slurm_array)
+from omni.scaling.slurm_array import ARRAY_SCRIPT, array_spec, write_array_script
+from omni.scaling.sweep import persistent_compilation_cache, run_one, run_sweep, sweep_status
 
 __all__ = [
-    "CHINCHILLA_GRID", "CSV_COLUMNS", "EMBEDDING_KEYS", "HUBER_DELTA", "SLURM_ARRAY_SCRIPT",
-    "Fit", "Interaction", "Law",
+    "CHINCHILLA_GRID", "CSV_COLUMNS", "EMBEDDING_KEYS", "HUBER_DELTA", "ARRAY_SCRIPT",
+    "Fit", "Interaction", "Law", "array_spec",
     "build_run_config", "cli_fit", "cli_sweep", "compiled_step_flops", "fit_dir", "fit_interaction", "fit_law",
     "grid_points", "heldout_losses", "holdout_largest", "last_training_row", "load_fit", "load_results",
     "load_sweep", "make_plots", "non_embedding_params", "persistent_compilation_cache", "resolve_sweep_file",
-    "run_one", "run_sweep", "write_runs_csv", "write_slurm_array",
+    "run_one", "run_sweep", "sweep_status", "write_array_script", "write_runs_csv",
 ]

@@ -4,12 +4,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from omni.scaling.fit_dir import fit_dir
-from omni.scaling.sweep import run_sweep
+from omni.scaling.sweep import run_sweep, sweep_status
 
 
-def cli_sweep(config_path, out, only: int | None = None) -> dict:
-    """`omni sweep --config PATH --out DIR [--only I]`: run the grid; returns the summary (print as JSON)."""
-    return run_sweep(config_path, out, only=only)
+def cli_sweep(config_path, out, only: int | None = None, runner: str | None = None,
+              max_parallel: int | None = None, status: str | None = None) -> dict:
+    """`omni sweep --config PATH --out DIR [--only I] [--runner local|slurm] [--max-parallel K]`:
+    run or submit the grid; `omni sweep --status DIR`: where each point is. Returns the summary
+    (printed as JSON)."""
+    if status is not None:
+        return sweep_status(status)
+    if not config_path or not out:
+        raise ValueError("omni sweep: give --config PATH and --out DIR (or --status DIR)")
+    return run_sweep(config_path, out, only=only, runner=runner, max_parallel=max_parallel)
 
 
 def cli_fit(directory, **fit_kwargs) -> dict:

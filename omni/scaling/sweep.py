@@ -11,8 +11,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -25,6 +25,7 @@ from omni.data import pipeline
 from omni.flops import model_flops_per_step
 from omni.modalities import registry
 from omni.modalities.text import SPECIAL_TOKENS, BPETokenizer
+from omni.scaling import slurm_array
 from omni.scaling.grid import build_run_config, grid_points, load_sweep, resolve_base, resolve_sweep_file
 from omni.scaling.measure import (compiled_step_flops, heldout_losses, last_training_row, mesh_and_setup,
                                   non_embedding_params)
@@ -98,8 +99,10 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
 
     if "text" in config.modalities and (run_dir / "tokenizer.json").exists():
         shared_tokenizer = shared_dir / f"tokenizer-{_tokenizer_key(config)}.json"
-        if not shared_tokenizer.exists():
-            shutil.copyfile(run_dir / "tokenizer.json", shared_tokenizer)
+        if not shared_tokenizer.exists():  # whole or not at all: array tasks run side by side
+            partial = shared_tokenizer.with_name(f"{shared_tokenizer.name}.tmp-{os.getpid()}")
+            shutil.copyfile(run_dir / "tokenizer.json", partial)
+            os.replace(partial, shared_tokenizer)
 
     steps, batch = int(config.train.steps), int(config.train.batch_size)
     tokens_per_modality = {m: batch * int(registry.get(m).num_tokens(config)) * steps for m in config.modalities}
@@ -152,39 +155,23 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
     return result
 
 
-SLURM_ARRAY_SCRIPT = """#!/usr/bin/env bash
-# One SLURM array task per grid point of {sweep_file}; each runs `omni sweep --only INDEX`.
-# A finished point is skipped, so resubmitting this script continues an interrupted sweep.
-# When all tasks are done:  omni scaling fit {out}
-#SBATCH --job-name=omni-sweep
-#SBATCH --array=0-{last}
-#SBATCH --ntasks=1
-{sbatch_lines}
-set -euo pipefail
-export OMNI_NO_DISTRIBUTED=1   # each task is its own single-process run
-omni sweep --config {sweep_file} --out {out} --only "$SLURM_ARRAY_TASK_ID"
-"""
+def omni_executable() -> str:
+    """The `omni` of this Python's environment (what the array tasks run), else `omni` on PATH."""
+    beside = Path(sys.executable).parent / "omni"
+    return str(beside) if beside.exists() else "omni"
 
 
-def write_slurm_array(sweep, sweep_file: Path, out: Path, count: int) -> Path:
-    """out/sweep.sbatch: a job array with one task per grid point (sweep.sbatch = extra #SBATCH lines)."""
-    extra = "\n".join(f"#SBATCH {line}" for line in sweep.get("sbatch", ()))
-    script = out / "sweep.sbatch"
-    script.write_text(SLURM_ARRAY_SCRIPT.format(sweep_file=sweep_file.resolve(), out=out.resolve(),
-                                                last=count - 1, sbatch_lines=extra))
-    script.chmod(0o755)
-    return script
-
-
-def run_sweep(sweep_config_path, out_dir, only: int | None = None) -> dict:
+def run_sweep(sweep_config_path, out_dir, only: int | None = None, runner: str | None = None,
+              max_parallel: int | None = None) -> dict:
     """Run the grid points of the sweep config into out_dir/runs/<name>, skipping those whose
-    result.json exists, and write out_dir/runs.csv. runner="local": all of them, one after
-    another, here. runner="slurm": write out_dir/sweep.sbatch (a job array whose task i runs
-    `omni sweep --only i`) and submit it with sbatch when sbatch is on PATH. `only`: just that
-    grid point, here (what each array task does). Returns a summary."""
+    result.json exists, and write out_dir/runs.csv. runner (the argument, else the config's):
+    "local": all of them, one after another, here. "slurm": write out_dir/sweep.sbatch and, when
+    sbatch is on PATH, submit the unfinished points as one job array, at most `max_parallel` at
+    a time (omni.scaling.slurm_array). `only`: just that grid point, here (what each array task
+    does). Returns a summary."""
     sweep_file = resolve_sweep_file(sweep_config_path)
     sweep = load_sweep(sweep_file)
-    runner = str(sweep.get("runner", "local"))
+    runner = str(runner or sweep.get("runner", "local"))
     if runner not in ("local", "slurm"):
         raise ValueError(f"{sweep_file}: runner '{runner}': use local or slurm")
     out = Path(out_dir)
@@ -194,12 +181,13 @@ def run_sweep(sweep_config_path, out_dir, only: int | None = None) -> dict:
     if only is None:
         shutil.copyfile(sweep_file, out / "sweep_config.py")
     if runner == "slurm" and only is None:
-        script = write_slurm_array(sweep, sweep_file, out, len(points))
-        submitted = None
-        if shutil.which("sbatch"):
-            submitted = subprocess.run(["sbatch", str(script)], capture_output=True, text=True,
-                                       check=True).stdout.strip()
-        return {"out": str(out), "runs": len(points), "script": str(script), "submitted": submitted}
+        script = slurm_array.write_array_script(sweep, sweep_file, out, omni_executable())
+        if not shutil.which("sbatch"):
+            return {"out": str(out), "runs": len(points), "script": str(script), "submitted": None,
+                    "note": "sbatch is not on PATH: submit the script with sbatch --array=0-"
+                            f"{len(points) - 1} {script}"}
+        return {"out": str(out), "runs": len(points),
+                **slurm_array.submit_unfinished(script, out, points, max_parallel)}
     if only is not None:
         if not 0 <= only < len(points):
             raise ValueError(f"--only {only}: the sweep has grid points 0..{len(points) - 1}")
@@ -229,3 +217,17 @@ def run_sweep(sweep_config_path, out_dir, only: int | None = None) -> dict:
     csv_path = write_runs_csv(results, out / "runs.csv")
     return {"out": str(out), "runs": len(points), "trained": trained, "skipped": skipped,
             "csv": str(csv_path)}
+
+
+def sweep_status(out_dir) -> dict:
+    """`omni sweep --status DIR`: each grid point done / running / queued / failed / not submitted,
+    with the SLURM job id of its array task (from DIR/slurm_jobs.jsonl and squeue)."""
+    out = Path(out_dir)
+    config_copy = out / "sweep_config.py"
+    if not config_copy.exists():
+        raise FileNotFoundError(f"{out}: no sweep_config.py (not a folder written by `omni sweep`)")
+    rows = slurm_array.point_states(out, grid_points(load_sweep(config_copy)))
+    counts = {}
+    for row in rows:
+        counts[row["state"]] = counts.get(row["state"], 0) + 1
+    return {"out": str(out), "counts": counts, "points": rows}
