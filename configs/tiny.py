@@ -58,6 +58,9 @@ def get_config():
         msm=ml_collections.ConfigDict(dict(weight=0.5, mask_ratio=0.5)),          # masked smell
         mmm=ml_collections.ConfigDict(dict(weight=0.5)),
         contrastive=ml_collections.ConfigDict(dict(weight=1.0, kind="siglip")),
+        # matching with hard negatives (omni/matching.py); pairs: "image-text,..." or "" = every pair.
+        # Off by default until its effect on the default run is measured (docs/evaluation.md).
+        itm=ml_collections.ConfigDict(dict(weight=0.0, pairs="")),
     ))
     c.data = ml_collections.ConfigDict(dict(
         path="",                 # empty = the embedded default dataset

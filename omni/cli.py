@@ -19,6 +19,7 @@ from omni.eval import commands as eval_commands
 from omni.eval.periodic import PeriodicEvaluator
 from omni.export.bundle import export_bundle
 from omni.export.embed import cli_embed
+from omni.export.match import cli_match
 from omni.launchers import jobset_manifest, tpu_vm_command
 from omni.scaling.commands import cli_fit, cli_sweep
 from omni.train import train
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         if name == "retrieval":
             sub.add_argument("--query", required=True)
             sub.add_argument("--target", required=True)
+            sub.add_argument("--rerank", type=int, default=0, metavar="K",
+                             help="re-order each query's contrastive top K with the matching head")
         else:
             sub.add_argument("--modality", required=True)
             sub.add_argument("--template", action="append", default=None,
@@ -121,6 +124,12 @@ def _parser() -> argparse.ArgumentParser:
     embed.add_argument("--modality", required=True)
     embed.add_argument("--text", action="append", default=None, help="a text (or, for --modality smell, compounds separated by ';') to embed (repeatable)")
     embed.add_argument("--out", required=True, help="OUT.npy")
+
+    match = commands.add_parser("match", help="a bundle's matching score of one pair of inputs")
+    match.add_argument("bundle")
+    match.add_argument("--a-modality", nargs=2, required=True, metavar=("MODALITY", "INPUT"))
+    match.add_argument("--b-modality", nargs=2, required=True, metavar=("MODALITY", "INPUT"),
+                       help="INPUT: a text (or a file holding it), or a media file")
     return parser
 
 
@@ -205,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
             return _print(cli_fit(args.dir))
         if args.command == "export":
             return _print(export_bundle(args.workdir, args.out))
+        if args.command == "match":
+            return _print(cli_match(args.bundle, *args.a_modality, *args.b_modality))
         if args.command == "embed":
             return _print(cli_embed(args.bundle, args.modality, args.files, args.text, args.out))
     except ConfigError as e:
@@ -274,7 +285,7 @@ def _eval(args) -> dict:
         return eval_commands.cli_zeroshot(args.workdir, args.data, args.split, args.modality, args.template,
                                           args.max_examples)
     return eval_commands.cli_retrieval(args.workdir, args.data, args.split, args.query, args.target,
-                                       args.max_examples)
+                                       args.max_examples, rerank=args.rerank)
 
 
 if __name__ == "__main__":

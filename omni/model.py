@@ -303,6 +303,9 @@ class Omni(nnx.Module):
         self.logit_bias = param(rngs, (), (), init=siglip_initial_bias(config) if siglip else 0.0)
         self.dtype = jnp.dtype(config.model.dtype)
         self.output_multiplier = mup.output_multiplier(config)
+        if "itm" in registry.active_objectives(config):
+            # The matching head (omni.matching): fused [a, b] pass, CLS of a -> "belong together" logit.
+            self.itm_head = Dense(rngs, width, 1, names=("embed", "logit"))
 
     def sequence(self, name, tokens, valid, present):
         """Prepend CLS, add the modality-type embedding; valid = token valid AND modality present."""

@@ -6,7 +6,9 @@ Objectives (config.loss.<name>.weight each):
   * per-modality masked modelling (mlm for text, mim for image, ...): reconstruct the masked tokens
     of examples in which that modality is the ONLY one present;
   * mmm, masked multimodal modelling: the same reconstruction for examples with two or more
-    modalities present, where the fused pass lets each masked token use the other modalities.
+    modalities present, where the fused pass lets each masked token use the other modalities;
+  * itm, matching: does this b belong to this a? One fused pass per pair, hard negatives mined
+    from the contrastive similarities (omni.matching).
 Both masked kinds come from ONE fused pass over masked inputs; an example belongs to exactly one.
 An absent modality adds no loss and no gradient; an objective with nothing to score adds exactly 0.
 """
@@ -18,7 +20,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from omni import matching
 from omni.modalities import registry
+from omni.parallel import batch_mesh_axes
 
 
 def safe_mean(values, weights):
@@ -45,14 +49,6 @@ def _siglip_block_sum(za, zb, logit_scale, logit_bias, valid_a, valid_b, diagona
     labels = 2.0 * jnp.eye(za.shape[0]) - 1.0 if diagonal else -jnp.ones_like(logits)
     pair_valid = valid_a[:, None] & valid_b[None, :]
     return jnp.sum(jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0))
-
-
-def batch_mesh_axes() -> tuple[str, ...]:
-    """The mesh axes the batch is sharded over in the current mesh context (empty if none)."""
-    mesh = jax.sharding.get_abstract_mesh()
-    if mesh.empty:
-        return ()
-    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
 
 
 def siglip_loss_chunked(za, zb, logit_scale, logit_bias, valid):
@@ -94,10 +90,11 @@ def infonce_loss(za, zb, logit_scale, valid):
     return safe_mean(0.5 * (a_to_b + b_to_a), valid.astype(jnp.float32))
 
 
-def contrastive_losses(model, batch, config):
-    """Unimodal pass per modality, then one contrastive term per present pair (a, b)."""
+def contrastive_losses(model, batch, config, embeddings=None):
+    """Unimodal pass per modality (unless `embeddings` are given), then one contrastive term per
+    present pair (a, b)."""
     names = model.modality_names
-    embeddings = {n: model.embed(n, batch) for n in names}
+    embeddings = embeddings or {n: model.embed(n, batch) for n in names}
     kind = config.loss.contrastive.kind
     losses = {}
     for a, b in itertools.combinations(names, 2):
@@ -146,8 +143,11 @@ def total_loss(model, batch, rng, config):
         for name, loss in masked_losses(model, batch, rng, config).items():
             metrics[f"loss/{name}"] = loss
             total = total + weights.get(name, 0.0) * loss
+    embeddings = None
+    if weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0:
+        embeddings = {n: model.embed(n, batch) for n in model.modality_names}
     if weights.get("contrastive", 0.0) > 0:
-        pairs = contrastive_losses(model, batch, config)
+        pairs = contrastive_losses(model, batch, config, embeddings)
         # Summed, not averaged: every pair is its own objective, so a fifth modality does not
         # dilute the image-text signal (averaged over 4 pairs, audio- and smell-text did not learn
         # in the default run). A pair with no valid row in this batch adds exactly zero.
@@ -156,5 +156,11 @@ def total_loss(model, batch, rng, config):
             metrics[f"loss/contrastive/{pair}"] = loss
         metrics["loss/contrastive"] = contrastive
         total = total + weights["contrastive"] * contrastive
+    if weights.get("itm", 0.0) > 0:
+        pairs = matching.matching_losses(model, batch, embeddings, jax.random.fold_in(rng, 7919), config)
+        for pair, loss in pairs.items():
+            metrics[f"loss/itm/{pair}"] = loss
+        metrics["loss/itm"] = sum(pairs.values())  # summed over pairs, as the contrastive terms are
+        total = total + weights["itm"] * metrics["loss/itm"]
     metrics["loss"] = total
     return total, metrics

@@ -33,6 +33,7 @@ AXIS_RULES: tuple[tuple[str, tuple[str, ...] | None], ...] = (
     ("length", None),
     ("layers", None),
     ("modality", None),
+    ("logit", None),
 )
 _RULES = dict(AXIS_RULES)
 
@@ -71,6 +72,14 @@ def maybe_initialize_distributed() -> None:
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
     elif "TPU_WORKER_HOSTNAMES" in os.environ:
         jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
+
+
+def batch_mesh_axes() -> tuple[str, ...]:
+    """The mesh axes the batch is sharded over in the current mesh context (empty if none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return ()
+    return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
 
 
 def loop_collectives_are_ordered(mesh: Mesh) -> bool:

@@ -25,13 +25,18 @@ def validate(config, num_devices: int) -> None:
             raise ConfigError(
                 f"modalities.{name}: unknown modality (known: {', '.join(sorted(registry.MODALITIES))})")
         registry.MODALITIES[name].validate(config)
-    known_objectives = set(registry.masked_objectives()) | {"mmm", "contrastive"}
+    known_objectives = set(registry.masked_objectives()) | {"mmm", "contrastive", "itm"}
     for name in config.loss:
         if name not in known_objectives:
             raise ConfigError(f"loss.{name}: unknown objective (known: {', '.join(sorted(known_objectives))})")
     if not registry.active_objectives(config):
         raise ConfigError("every loss.<objective>.weight of the configured modalities "
                           f"({', '.join(config.modalities.keys())}) is zero: nothing would be trained")
+    for pair in str(config.loss.get("itm", {}).get("pairs", "") or "").split(","):
+        names = [n.strip() for n in pair.split("-")] if pair.strip() else []
+        if names and (len(names) != 2 or any(n not in config.modalities for n in names)):
+            raise ConfigError(f"loss.itm.pairs: '{pair.strip()}' is not two configured modalities joined by '-' "
+                              f"(configured: {', '.join(config.modalities.keys())})")
     if config.loss.contrastive.kind not in ("siglip", "infonce"):
         raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
     if config.model.dtype not in ("float32", "bfloat16"):

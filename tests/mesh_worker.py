@@ -1,6 +1,6 @@
 """Runs a few train steps of the small test model on each mesh given as DATAxFSDPxTENSOR, in its
 own process (so that XLA_FLAGS can set the number of CPU devices), and prints one JSON object:
-per mesh, the losses and the per-device bytes of params + optimizer state of the compiled step.
+per mesh (matching objective on), the losses and the per-device bytes of params + optimizer state of the compiled step.
 
     python -m tests.mesh_worker STEPS 8x1x1 1x8x1 ..."""
 import json
@@ -19,7 +19,10 @@ from tests.conftest import SMALL
 
 def run(steps: int, shape: str) -> dict:
     data, fsdp, tensor = shape.split("x")
-    overrides = [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}"]
+    overrides = [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}",
+                 # matching on: its hard negatives are mined around the device ring and must not
+                 # depend on the mesh
+                 "--config.loss.itm.weight=0.5"]
     config = config_lib.load_config(None, SMALL + overrides)
     validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))

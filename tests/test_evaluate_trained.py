@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from omni.data import pipeline
 from omni.eval.commands import cli_linear_probe, cli_paired, cli_retrieval, cli_robustness
 from omni.eval.embedding import ListSource, embed_records
-from omni.eval.paired import winoground_scores
+from omni.eval.paired import matching_similarity, winoground_scores
 from omni.eval.periodic import periodic_evaluations
 from omni.eval.probe import PROBE_CS
 from omni.eval.retrieval import retrieval, retrieval_during_training
@@ -35,7 +36,9 @@ def run(tmp_path_factory):
                           "--config.train.warmup_steps=5",
                           # Contrastive only: the masked objectives' fused pass would double the
                           # compile time, and the embeddings evaluated here come from the contrastive one.
-                          "--config.loss.mlm.weight=0", "--config.loss.mim.weight=0", "--config.loss.mmm.weight=0")
+                          "--config.loss.mlm.weight=0", "--config.loss.mim.weight=0", "--config.loss.mmm.weight=0",
+                          # matching on, for re-ranking (omni.eval.rerank)
+                          "--config.loss.itm.weight=0.5")
     workdir = root / "run"
     train(config, workdir)
     return workdir, data, load_run(workdir)
@@ -72,6 +75,18 @@ def test_cli_retrieval_on_the_model(run):
     assert result["n"] >= 8 and set(result) == {"R@1", "R@5", "R@10", "R@1_chance", "R@5_chance", "R@10_chance", "n"}
     saved = json.loads((workdir / "eval" / "retrieval-test-image-text.json").read_text())
     assert saved == {"step": 40, **result}
+
+
+def test_rerank_reorders_only_the_top_k(run):
+    workdir, data, loaded = run
+    plain = cli_retrieval(workdir, data, "test", "image", "text", run=loaded)
+    result = cli_retrieval(workdir, data, "test", "image", "text", run=loaded, rerank=5)
+    assert result["n"] == plain["n"] >= 8 and result["rerank_k"] == 5
+    assert all(result[f"R@{k}"] == plain[f"R@{k}"] for k in (1, 5, 10))
+    # Re-ordering inside the top 5 cannot change which targets are in the top 5 or top 10.
+    assert result["R@5_rerank"] == result["R@5"] and result["R@10_rerank"] == result["R@10"]
+    assert 0.0 <= result["R@1_rerank"] <= result["R@5"]
+    assert (workdir / "eval" / "retrieval-test-image-text-rerank5.json").exists()
 
 
 def test_linear_probe_on_the_model(run):
@@ -111,6 +126,19 @@ def test_paired_compositional_on_the_model(run, tmp_path):
     for key in ("text_score", "image_score", "group_score"):
         assert result[key] == expected[key]
     assert (workdir / "eval" / "paired-pairs.json").exists()
+    # The matching head's scores, against logits of (caption_i, image_j) records built by hand.
+    both = [{"id": f"{g}-{i}-{j}", "text": lines[g][f"caption_{i}"],
+             "image": (pairs.parent / lines[g][f"image_{j}"]).read_bytes()}
+            for g in range(3) for i in (0, 1) for j in (0, 1)]
+    batch, count, _ = next(pipeline.eval_batches(ListSource(both), config, assets, 16))
+    logits = setup.match_fn("image", "text")(params, batch)[:count].reshape(3, 2, 2)
+    captions = [{"id": f"g{g}/caption_{i}", "text": lines[g][f"caption_{i}"]} for g in range(3) for i in (0, 1)]
+    images = [{"id": f"g{g}/image_{i}", "image": (pairs.parent / lines[g][f"image_{i}"]).read_bytes()}
+              for g in range(3) for i in (0, 1)]
+    got = matching_similarity(setup, params, config, assets, captions, images, "image", 3)
+    assert np.max(np.abs(got - logits)) <= 1e-5, (got, logits)
+    matched = winoground_scores(got)
+    assert all(result["matching"][k] == matched[k] for k in ("text_score", "image_score", "group_score"))
 
 
 def test_missing_modality_on_the_model(run):
@@ -156,3 +184,28 @@ def test_periodic_evaluations(run):
                 "eval/robustness/accuracy/without_text", "eval/robustness/drop/image"):
         assert key in metrics, sorted(metrics)
     assert all(isinstance(v, float) for v in metrics.values())
+
+
+def test_exported_matching_program_equals_the_framework(run, tmp_path, capsys):
+    from omni.cli import main
+    from omni.export.bundle import export_bundle
+    from omni.export.match import match_scores
+    workdir, _, (config, setup, params, assets, _) = run
+    bundle = tmp_path / "bundle"
+    export_bundle(workdir, bundle, platforms=("cpu",))
+    captions = [f"a {fg} square on {bg}" for fg, bg in (("red", "blue"), ("green", "yellow"), ("blue", "red"))]
+    images = []
+    for i, (fg, bg) in enumerate((("red", "blue"), ("green", "yellow"), ("red", "blue"))):
+        pixels = np.zeros((24, 24, 3), np.uint8) + np.array(COLORS[bg], np.uint8)
+        pixels[6:18, 6:18] = COLORS[fg]
+        Image.fromarray(pixels).save(tmp_path / f"{i}.png")
+        images.append(str(tmp_path / f"{i}.png"))
+    exported = match_scores(bundle, [(("image", im), ("text", c)) for im, c in zip(images, captions)])
+    records = [{"id": str(i), "text": c, "image": open(im, "rb").read()} for i, (c, im) in enumerate(zip(captions, images))]
+    batch, count, _ = next(pipeline.eval_batches(ListSource(records), config, assets, 8))
+    framework = setup.match_fn("image", "text")(params, batch)[:count]
+    assert np.max(np.abs(exported - framework)) <= 1e-5, (exported, framework)
+
+    assert main(["match", str(bundle), "--a-modality", "text", captions[0], "--b-modality", "image", images[0]]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert abs(printed["logit"] - float(framework[0])) <= 1e-5 and 0 < printed["probability"] < 1

@@ -11,6 +11,7 @@ from omni.data import pipeline
 from omni.data.records import open_split
 from omni.eval.paired import paired_compositional
 from omni.eval.probe import linear_probe
+from omni.eval.rerank import retrieval_with_rerank
 from omni.eval.results import write_result
 from omni.eval.retrieval import retrieval
 from omni.eval.robustness import missing_modality
@@ -22,14 +23,20 @@ def _open(config, data, split):
     return open_split(data or pipeline.resolve_data_dir(config), split)
 
 
-def cli_retrieval(workdir, data, split, query, target, max_examples=None, run=None) -> dict:
-    """`omni eval retrieval --workdir DIR [--data DIR] [--split test] --query M --target M`:
-    writes WORKDIR/eval/retrieval-<split>-<query>-<target>.json, returns the result."""
+def cli_retrieval(workdir, data, split, query, target, max_examples=None, run=None, rerank=0) -> dict:
+    """`omni eval retrieval --workdir DIR [--data DIR] [--split test] --query M --target M
+    [--rerank K]`: writes WORKDIR/eval/retrieval-<split>-<query>-<target>[-rerankK].json, returns
+    the result. With K > 0 the matching head re-orders each query's contrastive top K."""
     config, setup, params, assets, step = run or load_run(workdir)
     source = _open(config, data, split)
     with jax.set_mesh(setup.mesh):
-        result = retrieval(setup, params, source, config, assets, query, target, max_examples)
-    write_result(workdir, f"retrieval-{split}-{query}-{target}", result, step=step)
+        if rerank:
+            result = retrieval_with_rerank(setup, params, source, config, assets, query, target, rerank,
+                                           max_examples)
+        else:
+            result = retrieval(setup, params, source, config, assets, query, target, max_examples)
+    suffix = f"-rerank{rerank}" if rerank else ""
+    write_result(workdir, f"retrieval-{split}-{query}-{target}{suffix}", result, step=step)
     return result
 
 

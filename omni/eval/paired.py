@@ -19,6 +19,7 @@ import numpy as np
 
 from omni.data.manifest import json_lines
 from omni.eval.embedding import ListSource, check_modality, embed_records
+from omni.eval.rerank import modality_inputs, pair_scorer
 from omni.modalities import registry
 
 WINOGROUND_CHANCE = {"text_score": 0.25, "image_score": 0.25, "group_score": 1 / 6}
@@ -87,7 +88,9 @@ def read_pairs(path) -> tuple[str, list[dict]]:
 
 def paired_compositional(setup, params, config, assets, pairs_path) -> dict:
     """Winoground-form scores of the run on the groups of a pairs file:
-    {"text_score", "image_score", "group_score", "n", "chance", "modality"}."""
+    {"text_score", "image_score", "group_score", "n", "chance", "modality"} from the contrastive
+    similarities, and for a run with a matching head the same scores from its logits under
+    "matching"."""
     modality, groups = read_pairs(pairs_path)
     check_modality(config, "text")
     check_modality(config, modality)
@@ -104,4 +107,19 @@ def paired_compositional(setup, params, config, assets, pairs_path) -> dict:
     zc = zc.reshape(len(groups), 2, -1)
     zi = zi.reshape(len(groups), 2, -1)
     similarity = np.einsum("gie,gje->gij", zc, zi)
-    return {**winoground_scores(similarity), "modality": modality}
+    result = {**winoground_scores(similarity), "modality": modality}
+    if "itm_head" in params:
+        # A fusion model is scored by its matching head (what Winoground scored for fusion models).
+        result["matching"] = winoground_scores(matching_similarity(setup, params, config, assets, kept_c,
+                                                                   kept_i, modality, len(groups)))
+    return result
+
+
+def matching_similarity(setup, params, config, assets, captions, inputs, modality, groups) -> np.ndarray:
+    """[G, 2, 2] matching logits of (caption_i, input_j) for every group (records in group order)."""
+    scorer = pair_scorer(setup, params, config, "text", modality, modality_inputs(captions, config, assets, "text"),
+                         modality_inputs(inputs, config, assets, modality))
+    first = 2 * np.arange(groups)[:, None, None]
+    rows = np.broadcast_to(first + np.arange(2)[None, :, None], (groups, 2, 2))
+    cols = np.broadcast_to(first + np.arange(2)[None, None, :], (groups, 2, 2))
+    return scorer(rows.reshape(-1), cols.reshape(-1)).reshape(groups, 2, 2)

@@ -42,20 +42,26 @@ def retrieval(setup, params, source, config, assets, query: str, target: str, ma
     return retrieval_scores(*embedded[query], *embedded[target], target)
 
 
-def retrieval_scores(zq, rq, zt, rt, target: str) -> dict:
-    """retrieval() on embeddings already computed: query (zq, records rq) -> target (zt, rt)."""
+def paired_rows(rq, rt, target: str):
+    """The queries whose example also holds the target (rows into rq), their targets (cols into
+    rt), and correct [n, n]: target j is correct for query i if it is i's own pair or has exactly
+    the same content (e.g. a repeated caption)."""
     target_ids = {r["id"] for r in rt}
     pairs = [i for i, r in enumerate(rq) if r["id"] in target_ids]
     index_of = {r["id"]: j for j, r in enumerate(rt)}
     rows = np.array(pairs, dtype=np.int64)
     cols = np.array([index_of[rq[i]["id"]] for i in pairs], dtype=np.int64)
-    if len(rows) == 0:
-        return {**{f"R@{k}": 0.0 for k in RECALL_AT}, **{f"R@{k}_chance": 0.0 for k in RECALL_AT}, "n": 0}
-    zq, zt = zq[rows], zt[cols]
     content_ids: dict = {}
     keys = np.array([content_ids.setdefault(rt[j].get(target), len(content_ids)) for j in cols])
-    correct = keys[:, None] == keys[None, :]
-    return {**recall_at_k(zq @ zt.T, correct), **chance_recall(correct), "n": int(len(rows))}
+    return rows, cols, keys[:, None] == keys[None, :]
+
+
+def retrieval_scores(zq, rq, zt, rt, target: str) -> dict:
+    """retrieval() on embeddings already computed: query (zq, records rq) -> target (zt, rt)."""
+    rows, cols, correct = paired_rows(rq, rt, target)
+    if len(rows) == 0:
+        return {**{f"R@{k}": 0.0 for k in RECALL_AT}, **{f"R@{k}_chance": 0.0 for k in RECALL_AT}, "n": 0}
+    return {**recall_at_k(zq[rows] @ zt[cols].T, correct), **chance_recall(correct), "n": int(len(rows))}
 
 
 def retrieval_during_training(setup, params, source, config, assets) -> dict:

@@ -11,6 +11,8 @@
                              arrays each program takes (name, shape with "b" for the batch, dtype)
     bundle.json              format version, step, modalities, embedding width, and per program:
                              file, platforms, inputs, output, and its flat argument order
+    match_<a>-<b>.stablehlo  for a run trained with matching (loss.itm.weight > 0), one program
+                             per trained pair: (weights, a's and b's inputs) -> logits [b]
     encoder_<modality>.stablehlo
                              one program per modality encoder, made with `jax.export` for
                              platforms ("cpu", "cuda") with a symbolic batch dimension "b", stored as
@@ -42,10 +44,12 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors.numpy import save_file
 
+from omni.matching import itm_pairs, matching_logits
 from omni.modalities import image, registry, text
 from omni.run.bundle import (ASSETS, BUNDLE_FORMAT, CONFIG, DEFAULT_PLATFORMS, MANIFEST, METADATA, PREPROCESSING,
                              TOKENIZER, WEIGHTS, BATCH_DIM, flatten_params, program_file, sha256_of_file,
@@ -120,6 +124,36 @@ def export_programs(config, graphdef, like_params, weights: dict[str, np.ndarray
             "arguments": [{"group": group, "name": key} for group, key in order],
         }
         out[name] = (bytes(exported.serialize()), description)
+    if "itm_head" in like_params:
+        out.update(export_matching_programs(config, graphdef, like_params, weight_specs, batch, platforms))
+    return out
+
+
+def export_matching_programs(config, graphdef, like_params, weight_specs, batch, platforms) -> dict:
+    """"match:<a>-<b>" -> one program per trained pair: (weights, a's and b's inputs) -> matching
+    logits [b] (omni.matching.matching_logits; sigmoid gives the probability that they belong together)."""
+    out = {}
+    for a, b in itm_pairs(config, list(config.modalities.keys())):
+        spec = {**registry.get(a).array_spec(config), **registry.get(b).array_spec(config)}
+        input_specs = {k: jax.ShapeDtypeStruct((batch, *shape), dtype) for k, (shape, dtype) in spec.items()}
+
+        def match(weights_arg, inputs, a=a, b=b):
+            model = nnx.merge(graphdef, unflatten_like(weights_arg, like_params))
+            present = jnp.ones(inputs[next(iter(inputs))].shape[0], bool)
+            return matching_logits(model, a, (*model.stems[a].embed(inputs, model.dtype), present),
+                                   b, (*model.stems[b].embed(inputs, model.dtype), present))
+
+        exported = jax.export.export(jax.jit(match), platforms=tuple(platforms))(weight_specs, input_specs)
+        paths, _ = jax.tree_util.tree_flatten_with_path((weight_specs, input_specs))
+        out[f"match:{a}-{b}"] = (bytes(exported.serialize()), {
+            "file": f"match_{a}-{b}.stablehlo", "pair": [a, b],
+            "platforms": list(exported.platforms),
+            "calling_convention_version": int(exported.calling_convention_version),
+            "inputs": {k: {"shape": [BATCH_DIM, *map(int, shape)], "dtype": _dtype_name(dtype)}
+                       for k, (shape, dtype) in spec.items()},
+            "output": {"shape": [BATCH_DIM], "dtype": "float32", "meaning": "matching logit"},
+            "arguments": [{"group": "weights" if p[0].idx == 0 else "inputs", "name": p[1].key} for p, _ in paths],
+        })
     return out
 
 

@@ -72,8 +72,8 @@ def masked_objectives() -> dict[str, str]:
 
 def active_objectives(config) -> dict[str, float]:
     """objective -> weight, for the objectives this config can train: the masked objective of each
-    configured modality, and mmm and contrastive when there are at least two modalities."""
+    configured modality, and mmm, contrastive and itm when there are at least two modalities."""
     names = list(config.modalities.keys())
-    usable = {get(n).objective for n in names} | ({"mmm", "contrastive"} if len(names) >= 2 else set())
+    usable = {get(n).objective for n in names} | ({"mmm", "contrastive", "itm"} if len(names) >= 2 else set())
     return {k: float(config.loss[k].weight) for k in config.loss
             if k in usable and float(config.loss[k].weight) > 0}

@@ -18,7 +18,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from omni import mup, objectives, parallel
+from omni import matching, mup, objectives, parallel
 from omni.checkpoint import abstract_like
 from omni.modalities import registry
 from omni.model import Omni
@@ -111,6 +111,30 @@ class Setup:
             batch = {k: jax.make_array_from_process_local_data(replicated, v) for k, v in batch.items()}
             with jax.set_mesh(self.mesh):
                 return np.asarray(embed(params, batch))
+
+        return run
+
+    def match_fn(self, a: str, b: str):
+        """params, numpy batch holding a's and b's inputs row by row -> numpy matching logits [B]
+        (omni.matching: one fused pass over [a, b], in the order the pair was trained, which is
+        the config's modality order whatever the order given). Needs loss.itm.weight > 0."""
+        names = list(self.config.modalities.keys())
+        a, b = sorted((a, b), key=names.index)
+        graphdef = self.graphdef
+        replicated = NamedSharding(self.mesh, P())
+
+        def logits(params, batch):
+            model = nnx.merge(graphdef, params)
+            block_a = (*model.stems[a].embed(batch, model.dtype), batch[f"{a}/present"])
+            block_b = (*model.stems[b].embed(batch, model.dtype), batch[f"{b}/present"])
+            return matching.matching_logits(model, a, block_a, b, block_b)
+
+        score = jax.jit(logits, out_shardings=replicated)
+
+        def run(params, batch):
+            batch = {k: jax.make_array_from_process_local_data(replicated, v) for k, v in batch.items()}
+            with jax.set_mesh(self.mesh):
+                return np.asarray(score(params, batch))
 
         return run
 

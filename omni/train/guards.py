@@ -40,6 +40,12 @@ def check_resume_compatible(config, workdir: Path) -> None:
                 raise ConfigError(
                     f"{workdir} holds checkpoints of a run with {key}={old.get(key)!r}, but this config has "
                     f"{key}={new.get(key)!r}; use another --workdir (or the same {key})")
+    # The matching head exists only when loss.itm.weight > 0 (omni.model.Omni).
+    had_head = float(saved.get("loss", {}).get("itm", {}).get("weight", 0.0)) > 0
+    if had_head != (float(current["loss"]["itm"]["weight"]) > 0):
+        raise ConfigError(f"{workdir} holds checkpoints of a run {'with' if had_head else 'without'} the "
+                          "matching head (loss.itm.weight > 0), and this config differs; use another --workdir "
+                          "or keep loss.itm.weight on the same side of 0")
 
 
 class BadStepWatch:
