@@ -20,7 +20,7 @@ def model_flops_per_step(config) -> float:
     contrastive loss is on) and once on their concatenation (fused pass, when a masked objective
     is on); plus each modality's stem (in every pass) and reconstruction head (`stem_flops`: e.g.
     the image patch projection and pixel head, the text output layer), and the contrastive
-    projections.
+    projections. With matching (loss.itm), three fused passes per trained pair (omni.matching).
     """
     m = config.model
     width, hidden = m.width, m.width * m.mlp_ratio
@@ -33,7 +33,7 @@ def model_flops_per_step(config) -> float:
 
     weights = registry.active_objectives(config)
     contrastive = "contrastive" in weights
-    masked = any(name != "contrastive" for name in weights)
+    masked = any(name not in ("contrastive", "itm") for name in weights)
     forward = 0.0
     if contrastive:  # the unimodal pass, one per modality, and the projections
         forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
@@ -41,6 +41,12 @@ def model_flops_per_step(config) -> float:
     if masked:  # the fused pass and the reconstruction heads
         forward += transformer(sum(lengths.values()))
         forward += sum(embed + head for embed, head in stems.values())
+    if "itm" in weights:  # per pair: the positive and two hard-negative fused passes, and the head
+        pairs = registry.itm_pairs(config, list(config.modalities.keys()))
+        forward += sum(3 * (transformer(lengths[a] + lengths[b]) + 2 * width) for a, b in pairs)
+        if not contrastive:  # the embeddings the negatives are mined from
+            forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
+        forward += sum(embed for embed, _ in stems.values())  # the matching passes' clean tokens
     return 3.0 * forward * config.train.batch_size
 
 

@@ -18,23 +18,12 @@ its tokens. Memory per device stays O(local batch), never the global batch.
 """
 from __future__ import annotations
 
-import itertools
-
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from omni.modalities.registry import itm_pairs
 from omni.parallel import batch_mesh_axes
-
-
-def itm_pairs(config, names) -> list[tuple[str, str]]:
-    """The pairs to train: loss.itm.pairs ("image-text,audio-text"; empty = every pair)."""
-    every = list(itertools.combinations(names, 2))
-    wanted = str(config.loss.itm.get("pairs", "") or "").strip()
-    if not wanted:
-        return every
-    chosen = {tuple(p.strip().split("-")) for p in wanted.split(",") if p.strip()}
-    return [(a, b) for a, b in every if (a, b) in chosen or (b, a) in chosen]
 
 
 def content_fingerprint(batch: dict, name: str) -> jax.Array:

@@ -12,6 +12,8 @@ the model all read the registry, so a new modality needs no edit anywhere in omn
 """
 from __future__ import annotations
 
+import itertools
+
 from importlib.metadata import entry_points
 
 from omni.modalities.audio import Audio
@@ -68,6 +70,17 @@ def file_fields() -> tuple[str, ...]:
 def masked_objectives() -> dict[str, str]:
     """objective name (config.loss key) -> modality name, e.g. {'mlm': 'text', 'mim': 'image'}."""
     return {m.objective: m.name for m in MODALITIES.values()}
+
+
+def itm_pairs(config, names) -> list[tuple[str, str]]:
+    """The pairs the matching objective trains (omni.matching), each (a, b) in the order of
+    `names`: loss.itm.pairs ("image-text,audio-text", either order), or every pair when empty."""
+    every = list(itertools.combinations(names, 2))
+    wanted = str(config.loss.get("itm", {}).get("pairs", "") or "").strip()
+    if not wanted:
+        return every
+    chosen = {tuple(p.strip().split("-")) for p in wanted.split(",") if p.strip()}
+    return [(a, b) for a, b in every if (a, b) in chosen or (b, a) in chosen]
 
 
 def active_objectives(config) -> dict[str, float]:
