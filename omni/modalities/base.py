@@ -249,7 +249,15 @@ class Modality:
     def prepare(self, value, root) -> str | bytes:
         """A manifest line's field (paths relative to the folder `root`) -> the stored record value.
         Raise ValueError naming the file and what is wrong with it."""
+        if self.file_field:
+            return self.check_bytes(read_file_field(value, root, self.name))
         raise NotImplementedError
+
+    def check_bytes(self, data: bytes) -> bytes:
+        """A file modality's encoded bytes (a manifest's file, or a WebDataset member) -> the stored
+        value, after a check that they decode; ValueError with the reason when they do not.
+        Modalities without a file (text, smell) never receive bytes."""
+        raise ValueError(f"modality '{self.name}' cannot be read from a file's bytes")
 
     def fit_asset(self, values, config) -> dict | None:
         """A JSON-serialisable asset fitted on the stored values of the training split (an
