@@ -22,7 +22,9 @@ workers then need omni installed and DIR on a filesystem they share).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 
 import apache_beam as beam
@@ -32,9 +34,11 @@ from etils import epath
 
 from omni.data import records, sources
 from omni.data.rejects import METRICS_NAMESPACE, BuildStopped
-from omni.data.samples import Options
+from omni.data.samples import KEPT, Options
 
 DIRECT = "DirectRunner"
+QUIET_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service",
+                 "apache_beam.runners.worker.sdk_worker")
 
 
 def pipeline_options(runner: str | None, workers: int, options: list[str]) -> PipelineOptions:
@@ -44,7 +48,10 @@ def pipeline_options(runner: str | None, workers: int, options: list[str]) -> Pi
     if (runner or DIRECT) in (DIRECT, "BundleBasedDirectRunner"):
         mode = "multi_processing" if workers > 1 else "in_memory"
         flags += [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}",
-                  "--default_sdk_harness_log_level=WARNING"]  # the workers' INFO lines drown the progress
+                  # The workers' INFO lines would drown the progress line, and a bad sample under
+                  # --on-error fail reaches the launcher as an exception: no worker traceback too.
+                  "--default_sdk_harness_log_level=WARNING",
+                  '--sdk_harness_log_level_overrides={"apache_beam.runners.common": "CRITICAL"}']
     for option in options:
         key, sep, value = option.partition("=")
         if not sep or not key:
@@ -85,7 +92,7 @@ class BuildShard(beam.DoFn):
                     dropped += outcome.dropped_fields
                     for reject in outcome.rejects:
                         if self.strict and reject.stops_a_strict_build():
-                            raise BuildStopped(reject)
+                            raise BuildStopped(dataclasses.replace(reject, detail=reject.detail.removesuffix(KEPT)))
                         rejects.write(reject.line() + "\n")
                         reasons[reject.reason] = reasons.get(reject.reason, 0) + 1
                         self._count(reject.reason)
@@ -123,8 +130,18 @@ def run(items: list[sources.WorkItem], scratch: str, options: Options, strict: b
          | "WorkItems" >> beam.Create(items)
          | "Spread" >> beam.Reshuffle()
          | "Build" >> beam.ParDo(BuildShard(scratch, options, strict)))
-    result = pipeline.run()
-    result.wait_until_finish()
+    # The runner logs a failing DoFn's traceback (its own, and the workers' it relays) before it
+    # raises the error; the raised error is enough, and the CLI turns a bad sample into one line.
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
     try:
         found = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
     except (NotImplementedError, AttributeError):  # a runner without metrics

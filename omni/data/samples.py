@@ -34,6 +34,7 @@ EXTENSIONS = {
     "mp4": "video", "webm": "video", "avi": "video",
     "smi": "smell", "smiles": "smell", "smell.json": "smell",
 }
+KEPT = "; the rest of the line is kept"  # ends the detail of a field dropped from a kept manifest line
 SPLIT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 
 
@@ -141,7 +142,7 @@ def manifest_sample(raw: bytes, manifest: str, number: int, root, options: Optio
             out.rejects.append(R.Reject(where, key, R.NO_MODALITY, "the line holds no modality (give at least "
                                         f"one of {', '.join(registry.MODALITIES)})"))
         return out
-    out.rejects += [R.Reject(where, key, reason, f"{detail}; the rest of the line is kept", kept=True)
+    out.rejects += [R.Reject(where, key, reason, detail + KEPT, kept=True)
                     for reason, detail in dropped]
     split, bad = _split(entry.get("split"), key, options, where)
     if bad:

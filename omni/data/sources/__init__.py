@@ -41,9 +41,10 @@ def _paths(source: str) -> list[str]:
     found = []
     for pattern in braceexpand.braceexpand(source):
         if globbing.has_magic(pattern):
-            head, _, tail = pattern.partition(next(c for c in pattern if c in "*?["))
-            folder, _, prefix = head.rpartition("/")
-            matches = sorted(str(p) for p in epath.Path(folder or ".").glob(prefix + _ + tail))
+            magic = next(c for c in pattern if c in "*?[")
+            head, _, tail = pattern.partition(magic)
+            folder, _, prefix = head.rpartition("/")  # glob below the last folder without magic
+            matches = sorted(str(p) for p in epath.Path(folder or ".").glob(prefix + magic + tail))
             if not matches:
                 raise ManifestError(f"{source}: no file matches {pattern}")
             found += matches
