@@ -15,7 +15,7 @@ from etils import epath
 from omni.data import rejects as R
 from omni.data.samples import Options, Outcome, manifest_sample
 
-BLOCK_LINES = 10_000  # lines per work item; a duplicate id is caught within its block
+BLOCK_LINES = 2_000  # lines per work item (enough items to keep workers busy); a duplicate id is caught within its block
 
 
 def json_lines(path, error=ValueError, problems: list | None = None):
