@@ -19,7 +19,8 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+
+from etils import epath
 
 from omni.data import rejects as R
 from omni.modalities import registry
@@ -128,11 +129,11 @@ def manifest_sample(raw: bytes, manifest: str, number: int, root, options: Optio
         try:
             record[name] = modality.prepare(value, root)
         except Exception as e:  # noqa: BLE001 - any decoder failure is this field's problem, not the build's
-            what = f"{name} file {Path(root) / value}" if modality.file_field and isinstance(value, str) else name
+            what = f"{name} file {epath.Path(root) / value}" if modality.file_field and isinstance(value, str) else name
             dropped.append((_reason(name, e), f"{what}: {_error(e)}"))
             continue
         if modality.file_field:
-            sources.append(str(Path(root) / value))
+            sources.append(str(epath.Path(root) / value))
     out.dropped_fields = len(dropped)
     held = [name for name in registry.MODALITIES if name in record]
     if not held:

@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from omni import mup
@@ -203,11 +204,11 @@ def layer_norm(x, scale, bias, eps: float = 1e-6):
 
 def read_file_field(value, root, field: str) -> bytes:
     """A manifest path field (relative to the manifest's folder `root`) -> the file's bytes;
-    ValueError saying what is wrong (the caller names the file) when it is missing or empty."""
-    from pathlib import Path
+    ValueError saying what is wrong (the caller names the file) when it is missing or empty.
+    Any filesystem etils.epath reads (local; gs:// with its packages installed)."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{field}' must be a file path (a non-empty string), got {value!r}")
-    path = Path(root) / value
+    path = epath.Path(root) / value
     if not path.is_file():
         raise ValueError("does not exist")
     data = path.read_bytes()
