@@ -19,6 +19,7 @@ from omni.data import rejects as R
 from omni.data.build import build
 from omni.data.records import open_split, split_names
 from omni.data.samples import EXTENSIONS, Options, manifest_sample, tar_sample
+from omni.errors import ManifestError
 from tests.conftest import MODEL_SMALL, omni_command
 
 COLORS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220)}
@@ -139,14 +140,14 @@ def test_every_reject_reason_is_written_with_its_key(builds):
 
 
 def test_on_error_fail_names_the_first_bad_sample(builds, tmp_path):
+    """(The CLI's one-line message and exit code 2 for it: tests/test_bad_inputs.py.)"""
     root, sources, _, _, _ = builds
-    out = subprocess.run(omni_command("data", "build", sources[0].replace("{00000..00004}", "00002"),
-                                      "--out", str(tmp_path / "d"), "--on-error", "fail"),
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2
-    last = out.stderr.strip().splitlines()[-1]
-    assert last.startswith("omni: ") and "00002.tar" in last and "corrupt" in last and "decode" in last, last
-    assert "Traceback" not in out.stderr
+    with pytest.raises(ManifestError) as stopped:
+        build([sources[0].replace("{00000..00004}", "00002")], tmp_path / "d", workers=1, on_error="fail")
+    message = str(stopped.value)
+    assert message.startswith(str(root / "shards" / "00002.tar")) and "member corrupt.png" in message, message
+    assert "decode" in message and "Traceback" not in message and "\n" not in message
+    assert not (tmp_path / "d" / "omni_records").exists()
 
 
 def test_webdataset_build_trains(builds):
