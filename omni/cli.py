@@ -13,7 +13,8 @@ import jax
 
 from omni import bench
 from omni.config import load_config
-from omni.data.manifest import build
+from omni.data.build import build
+from omni.data.samples import EXTENSIONS
 from omni.errors import ConfigError, Preempted
 from omni.eval import commands as eval_commands
 from omni.eval.periodic import PeriodicEvaluator
@@ -42,13 +43,25 @@ def _parser() -> argparse.ArgumentParser:
 
     data = commands.add_parser("data", help="datasets")
     data_commands = data.add_subparsers(dest="data_command", required=True)
-    build = data_commands.add_parser("build", help="build a dataset from a manifest.jsonl")
-    build.add_argument("manifest")
+    build = data_commands.add_parser(
+        "build", help="build a dataset from manifests and WebDataset shards (Apache Beam)",
+        description="SOURCE: manifest .jsonl files or globs, WebDataset tar shards (brace ranges: "
+                    "shards/{000..099}.tar), on any filesystem etils.epath reads.")
+    build.add_argument("sources", nargs="+", metavar="SOURCE")
     build.add_argument("--out", required=True)
+    build.add_argument("--workers", type=int, default=None,
+                       help="DirectRunner worker processes (default: this machine's cores)")
+    build.add_argument("--split", default=None, help="put every sample in this split")
     build.add_argument("--test-fraction", type=float, default=0.1,
-                       help="share of lines without a `split` that go to `test` (stable hash)")
-    build.add_argument("--on-error", choices=["skip", "raise"], default="skip",
-                       help="a line that cannot be used: skip it (and report it) or stop")
+                       help="share of samples without a `split` that go to `test` (stable hash of the id)")
+    build.add_argument("--on-error", choices=["skip", "fail", "raise"], default="skip",
+                       help="a bad sample: skip it (DIR/rejects.jsonl) or stop at the first (raise = fail)")
+    build.add_argument("--beam-runner", default=None, help="e.g. FlinkRunner, SparkRunner, DataflowRunner, "
+                       "PortableRunner (default: DirectRunner on this machine)")
+    build.add_argument("--beam-option", action="append", default=[], metavar="KEY=VALUE",
+                       help="passed to Beam as --KEY=VALUE (repeatable)")
+    build.add_argument("--map", action="append", default=[], metavar="EXT=MODALITY",
+                       help="map a WebDataset member extension to a modality (or 'meta'), e.g. cls=meta")
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -267,8 +280,15 @@ def _plan_or_bench(args, overrides) -> int:
 
 
 def _data_build(args) -> dict:
-    summary = build(args.manifest, args.out, test_fraction=args.test_fraction, on_error=args.on_error)
-    return {"out": args.out, **summary}
+    extensions = dict(EXTENSIONS)
+    for pair in args.map:
+        ext, sep, modality = pair.partition("=")
+        if not sep or not ext or not modality:
+            raise ValueError(f"--map {pair!r}: expected EXT=MODALITY, e.g. --map cls=meta")
+        extensions[ext.lstrip(".").lower()] = modality
+    return build(args.sources, args.out, workers=args.workers, split=args.split, on_error=args.on_error,
+                 test_fraction=args.test_fraction, beam_runner=args.beam_runner, beam_options=args.beam_option,
+                 extensions=extensions)
 
 
 def _eval(args) -> dict:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -32,6 +33,58 @@ def bytes_fields() -> tuple[str, ...]:
     return registry.file_fields()
 
 
+def features():
+    """The TFDS features of a record: text fields as Text, file fields as bytes."""
+    import tensorflow_datasets as tfds  # imported lazily: it is slow to import
+    binary = bytes_fields()
+    spec = {name: tfds.features.Text() for name in fields() if name not in binary}
+    spec.update({name: tfds.features.Tensor(shape=(), dtype=np.object_) for name in binary})
+    return tfds.features.FeaturesDict(spec)
+
+
+class RecordEncoder:
+    """A record (dict with some of `fields()`) -> the bytes of one array_record entry, exactly as
+    TFDS's own writer serialises it, so `open_split` reads records from either writer."""
+
+    def __init__(self):
+        from tensorflow_datasets.core import example_serializer  # slow import, deferred
+        self._features = features()
+        self._serializer = example_serializer.ExampleSerializer(self._features.get_serialized_info())
+        self._binary, self._names = bytes_fields(), fields()
+
+    def __call__(self, record: dict) -> bytes:
+        example = {name: record.get(name) or (b"" if name in self._binary else "") for name in self._names}
+        return self._serializer.serialize_example(self._features.encode_example(example))
+
+
+DATASET_NAME = "omni_records"  # the TFDS name of OmniRecords below
+
+
+def shard_path(version_dir, split: str, index: int, count: int) -> str:
+    """The file name TFDS reads for shard `index` of `count` of a split."""
+    from tensorflow_datasets.core import naming  # slow import, deferred
+    template = naming.ShardedFileTemplate(data_dir=version_dir, dataset_name=DATASET_NAME, split=split,
+                                          filetype_suffix="array_record")
+    return os.fspath(template.sharded_filepath(shard_index=index, num_shards=count))
+
+
+def write_metadata(data_dir, splits: dict[str, tuple[list[int], int]]) -> Path:
+    """Write dataset_info.json and features.json for shards already in place under
+    data_dir/omni_records/1.0.0: splits maps a split to (records per shard, total bytes)."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core import naming
+    builder = _builder_class()(data_dir=str(data_dir), file_format="array_record")
+    version_dir = Path(builder.data_dir)
+    infos = [tfds.core.SplitInfo(name=split, shard_lengths=list(lengths), num_bytes=int(size),
+                                 filename_template=naming.ShardedFileTemplate(
+                                     data_dir=version_dir, dataset_name=DATASET_NAME, split=split,
+                                     filetype_suffix="array_record"))
+             for split, (lengths, size) in splits.items()]
+    builder.info.set_splits(tfds.core.SplitDict(infos))
+    builder.info.write_to_directory(version_dir)
+    return version_dir
+
+
 @functools.cache  # TFDS registers builder classes by name: define ours once per process
 def _builder_class():
     import tensorflow_datasets as tfds  # imported lazily: it is slow to import
@@ -46,10 +99,7 @@ def _builder_class():
             super().__init__(**kwargs)
 
         def _info(self):
-            binary = bytes_fields()
-            features = {name: tfds.features.Text() for name in fields() if name not in binary}
-            features.update({name: tfds.features.Tensor(shape=(), dtype=np.object_) for name in binary})
-            return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+            return tfds.core.DatasetInfo(builder=self, features=features())
 
         def _split_generators(self, dl_manager):
             return {split: self._generate_examples(records) for split, records in self._splits.items()}

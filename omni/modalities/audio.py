@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, ReconstructingStem, matmul, param, read_file_field
+from omni.modalities.base import Dense, Modality, ReconstructingStem, matmul, param
 from omni.modalities.image import normalized_patch_targets
 
 SAMPLE_RATE = 16000
@@ -320,8 +320,9 @@ class Audio(Modality):
         head = 2 * tokens * width * 2 * cfg.patch_frames * cfg.n_mels
         return conv1 + conv2 + proj, head
 
-    def prepare(self, value, root):
-        data = read_file_field(value, root, "audio")
+    def check_bytes(self, data):
+        if not data:
+            raise ValueError("is empty (0 bytes)")
         check_audio(data)  # decodes all of it, or raises ValueError with the reason
         return data
 

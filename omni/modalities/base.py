@@ -19,6 +19,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from omni import mup
@@ -203,11 +204,11 @@ def layer_norm(x, scale, bias, eps: float = 1e-6):
 
 def read_file_field(value, root, field: str) -> bytes:
     """A manifest path field (relative to the manifest's folder `root`) -> the file's bytes;
-    ValueError saying what is wrong (the caller names the file) when it is missing or empty."""
-    from pathlib import Path
+    ValueError saying what is wrong (the caller names the file) when it is missing or empty.
+    Any filesystem etils.epath reads (local; gs:// with its packages installed)."""
     if not isinstance(value, str) or not value:
         raise ValueError(f"'{field}' must be a file path (a non-empty string), got {value!r}")
-    path = Path(root) / value
+    path = epath.Path(root) / value
     if not path.is_file():
         raise ValueError("does not exist")
     data = path.read_bytes()
@@ -249,7 +250,15 @@ class Modality:
     def prepare(self, value, root) -> str | bytes:
         """A manifest line's field (paths relative to the folder `root`) -> the stored record value.
         Raise ValueError naming the file and what is wrong with it."""
+        if self.file_field:
+            return self.check_bytes(read_file_field(value, root, self.name))
         raise NotImplementedError
+
+    def check_bytes(self, data: bytes) -> bytes:
+        """A file modality's encoded bytes (a manifest's file, or a WebDataset member) -> the stored
+        value, after a check that they decode; ValueError with the reason when they do not.
+        Modalities without a file (text, smell) never receive bytes."""
+        raise ValueError(f"modality '{self.name}' cannot be read from a file's bytes")
 
     def fit_asset(self, values, config) -> dict | None:
         """A JSON-serialisable asset fitted on the stored values of the training split (an

@@ -13,7 +13,7 @@ from flax import nnx
 from PIL import Image
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask, read_file_field
+from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
 
@@ -131,8 +131,9 @@ class ImageModality(Modality):
         per_pass = 2 * self.num_tokens(config) * patch_dim * config.model.width
         return per_pass, per_pass  # patch projection in, pixel head out
 
-    def prepare(self, value, root):
-        data = read_file_field(value, root, "image")
+    def check_bytes(self, data):
+        if not data:
+            raise ValueError("is empty (0 bytes)")
         load_image(data, 8)  # decodes, or raises ValueError with the reason
         return data
 

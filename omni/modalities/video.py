@@ -23,7 +23,7 @@ from flax import nnx
 from PIL import Image
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, param, read_file_field
+from omni.modalities.base import Dense, Modality, param
 from omni.modalities import image
 from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, patchify
 
@@ -254,8 +254,9 @@ class Video(Modality):
         per_pass = 2 * self.num_tokens(config) * patch_dim * config.model.width
         return per_pass, per_pass  # patch projection in, pixel head out
 
-    def prepare(self, value, root):
-        data = read_file_field(value, root, "video")
+    def check_bytes(self, data):
+        if not data:
+            raise ValueError("is empty (0 bytes)")
         sample_frames(data, 1, "keyframes")  # decodes one key frame, or raises ValueError with the reason
         return data
 

@@ -1,0 +1,153 @@
+"""The Beam pipeline of `omni data build`: work items -> array_record shards, streamed.
+
+    Create(work items) | Reshuffle | ParDo(BuildShard)
+
+Each work item (a tar shard, a block of manifest lines) is read, checked sample by sample
+(omni.data.samples: each modality's decode check) and written by one worker straight into its own
+files, one per split (`<split>-<index>.array_record`), with its rejects beside them
+(`rejects-<index>.jsonl`) and a small summary (`done-<index>.json`, which the progress line counts).
+No record ever passes through a shuffle: memory stays at one sample per worker whatever the size
+of the dataset, and on the DirectRunner, which holds every shuffled element in memory, that is
+what keeps a large build within the machine. The index of the item fixes where its records go in
+the split, so the output does not depend on the number of workers or the runner.
+
+Why not TFDS's own Beam writer: it groups every serialized record by output shard
+(`GroupByKey`), so the DirectRunner holds the whole dataset in memory. The files written here are
+the same TFDS array_record dataset (records serialised by TFDS's serializer, its file names and
+dataset_info.json), so `--config.data.path=DIR` and `tfds.builder_from_directory` read them.
+
+Locally the DirectRunner runs `--workers` processes (multi_processing); `--beam-runner` and
+`--beam-option KEY=VALUE` choose Flink, Spark, Dataflow or a portable runner instead (their
+workers then need omni installed and DIR on a filesystem they share).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+
+import apache_beam as beam
+from array_record.python.array_record_module import ArrayRecordWriter
+from apache_beam.options.pipeline_options import PipelineOptions
+from etils import epath
+
+from omni.data import records, sources
+from omni.data.rejects import METRICS_NAMESPACE, BuildStopped
+from omni.data.samples import KEPT, Options
+
+DIRECT = "DirectRunner"
+QUIET_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service",
+                 "apache_beam.runners.worker.sdk_worker")
+
+
+def pipeline_options(runner: str | None, workers: int, options: list[str]) -> PipelineOptions:
+    """Beam options: the DirectRunner with `workers` processes, or the named runner; every
+    `KEY=VALUE` of `options` is passed on as --KEY=VALUE."""
+    flags = [f"--runner={runner or DIRECT}"]
+    if (runner or DIRECT) in (DIRECT, "BundleBasedDirectRunner"):
+        mode = "multi_processing" if workers > 1 else "in_memory"
+        flags += [f"--direct_num_workers={workers}", f"--direct_running_mode={mode}",
+                  # The workers' INFO lines would drown the progress line, and a bad sample under
+                  # --on-error fail reaches the launcher as an exception: no worker traceback too.
+                  "--default_sdk_harness_log_level=WARNING",
+                  '--sdk_harness_log_level_overrides={"apache_beam.runners.common": "CRITICAL"}']
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--beam-option {option!r}: expected KEY=VALUE")
+        flags.append(f"--{key.lstrip('-')}={value}")
+    return PipelineOptions(flags)
+
+
+def part_name(kind: str, index: int, split: str = "") -> str:
+    """Names of a work item's files in the build's scratch folder."""
+    return {"split": f"{split}-{index:06d}.array_record", "rejects": f"rejects-{index:06d}.jsonl",
+            "done": f"done-{index:06d}.json"}[kind]
+
+
+class BuildShard(beam.DoFn):
+    """One work item -> its split files, its rejects and its summary (yielded as well)."""
+
+    def __init__(self, scratch: str, options: Options, strict: bool):
+        self.scratch, self.options, self.strict = scratch, options, strict
+
+    def setup(self):
+        self.encode = records.RecordEncoder()
+        self.counters = {}
+
+    def _count(self, name: str, value: int = 1):
+        if name not in self.counters:
+            self.counters[name] = beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
+        self.counters[name].inc(value)
+
+    def process(self, item: sources.WorkItem):
+        scratch = epath.Path(self.scratch)
+        writers, counts, sizes, reasons = {}, {}, {}, {}
+        dropped = rejected = 0
+        rejects_path = scratch / part_name("rejects", item.index)
+        try:
+            with rejects_path.open("w") as rejects:
+                for outcome in sources.read(item, self.options):
+                    dropped += outcome.dropped_fields
+                    for reject in outcome.rejects:
+                        if self.strict and reject.stops_a_strict_build():
+                            raise BuildStopped(dataclasses.replace(reject, detail=reject.detail.removesuffix(KEPT)))
+                        rejects.write(reject.line() + "\n")
+                        reasons[reject.reason] = reasons.get(reject.reason, 0) + 1
+                        self._count(reject.reason)
+                    if outcome.record is None:
+                        rejected += bool(outcome.rejects)
+                        continue
+                    split = outcome.split
+                    if split not in writers:
+                        writers[split] = ArrayRecordWriter(os.fspath(scratch / part_name("split", item.index, split)),
+                                                           "group_size:1")
+                    data = self.encode(outcome.record)
+                    writers[split].write(data)
+                    counts[split] = counts.get(split, 0) + 1
+                    sizes[split] = sizes.get(split, 0) + len(data)
+                    self._count("samples")
+        finally:
+            for writer in writers.values():
+                writer.close()
+        self._count("rejected_samples", rejected)
+        summary = {"index": item.index, "name": item.name(), "counts": counts, "bytes": sizes,
+                   "reasons": reasons, "rejected": rejected, "dropped_fields": dropped}
+        done = scratch / part_name("done", item.index)
+        partial = scratch / (done.name + ".partial")
+        partial.write_text(json.dumps(summary))
+        partial.rename(done)  # appears whole: the progress line reads it
+        yield summary
+
+
+def run(items: list[sources.WorkItem], scratch: str, options: Options, strict: bool,
+        beam_options: PipelineOptions) -> dict[str, int]:
+    """Run the pipeline over `items` into `scratch`; returns the Beam counters (reason -> count)
+    as the runner reports them (empty where it reports none)."""
+    pipeline = beam.Pipeline(options=beam_options)
+    _ = (pipeline
+         | "WorkItems" >> beam.Create(items)
+         | "Spread" >> beam.Reshuffle()
+         | "Build" >> beam.ParDo(BuildShard(scratch, options, strict)))
+    # The runner logs a failing DoFn's traceback (its own, and the workers' it relays) before it
+    # raises the error; the raised error is enough, and the CLI turns a bad sample into one line.
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = [logger.level for logger in quiet]
+    for logger in quiet:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        result = pipeline.run()
+        result.wait_until_finish()
+    finally:
+        for logger, level in zip(quiet, levels):
+            logger.setLevel(level)
+    try:
+        found = result.metrics().query(beam.metrics.MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except (NotImplementedError, AttributeError):  # a runner without metrics
+        return {}
+    counters = {}
+    for counter in found["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(value or 0)
+    return counters
