@@ -1,0 +1,44 @@
+"""muP learning-rate transfer (Yang et al. 2022, "Tensor Programs V", Figure 1): the same sweep of
+learning rates at widths 16, 32 and 64 (4x), under the standard parametrisation (SP) and under muP
+with base width 16 (where the two are the same model).
+
+Run:  omni sweep --config configs/scaling/mup_transfer.py --out runs/scaling/mup_transfer
+      omni scaling lr-transfer runs/scaling/mup_transfer
+
+Under muP the best learning rate should stay put as the width grows; under SP it should fall.
+6 learning rates on a factor-2 grid (1e-3 .. 3.2e-2), 100 steps of batch 64 each, depth 2,
+2 heads, text + image; the loss is the held-out total over 8 batches. Runs are named
+<param>-<width>-lr<lr x 1e4>e-4; `omni scaling lr-transfer` reads lr, width and parametrization from each
+result.json.
+"""
+import ml_collections
+
+LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
+WIDTHS = (16, 32, 64)
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.name = "mup_transfer"
+    c.base = "tiny.py"
+    c.runner = "local"
+    c.overrides = [
+        "--config.modalities=text,image",
+        "--config.model.depth=2",
+        "--config.model.heads=2",
+        "--config.model.mup_base_width=16",
+        "--config.train.steps=100",
+        "--config.train.warmup_steps=10",
+        "--config.train.eval_every=0",
+        "--config.train.log_every=50",
+        "--config.train.checkpoint_every=100000",
+    ]
+    c.grid = ml_collections.ConfigDict()
+    c.grid.param = {"sp": ["--config.model.parametrization=sp"], "mup": ["--config.model.parametrization=mup"]}
+    c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in WIDTHS}
+    c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS}
+    c.axes = ("param", "width", "lr")
+    c.eval_batches = 8
+    c.cost_analysis = False
+    c.compilation_cache = True
+    return c
