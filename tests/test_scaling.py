@@ -94,7 +94,7 @@ def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
         (tmp_path / "runs" / r["name"]).mkdir(parents=True)
         (tmp_path / "runs" / r["name"] / "result.json").write_text(json.dumps(r))
 
-    summary = scaling.cli_fit(tmp_path, bootstrap=10)
+    summary = scaling.cli_fit(tmp_path, bootstrap=10, loo=False)   # leave-one-out has its own test
     data = json.loads((tmp_path / "fit.json").read_text())
     assert data["main"] == "image+text"
     assert set(data["groups"]) == {"image", "text", "image+text"}
@@ -282,18 +282,20 @@ def test_lr_transfer_interpolates_on_the_log_grid(tmp_path):
     # a minimum beyond the grid is reported at its end, flagged
     edge = interpolated_minimum(lrs, curve(1e-1, lrs))
     assert edge["at_edge"] and edge["lr"] == lrs[-1]
-    # a sweep directory: SP's best lr halves per doubling of width, muP's stays
-    for param, best in (("sp", {16: 8e-3, 32: 4e-3, 64: 2e-3}), ("mup", {16: 8e-3, 32: 8e-3, 64: 8e-3})):
+    # a sweep directory: SP's best lr halves per doubling of width, muP's stays; muP's base width
+    # (16) is not run: SP's curve there serves both
+    for param, best in (("sp", {16: 8e-3, 32: 4e-3, 64: 2e-3}), ("mup", {32: 8e-3, 64: 8e-3})):
         for width, lr_star in best.items():
             for lr in lrs:
                 name = f"{param}-{width}-{lr:.4f}"
                 (tmp_path / "runs" / name).mkdir(parents=True)
                 loss = float(curve(lr_star, lr))
                 (tmp_path / "runs" / name / "result.json").write_text(json.dumps(
-                    {"name": name, "lr": lr, "width": width, "parametrization": param,
+                    {"name": name, "lr": lr, "width": width, "parametrization": param, "mup_base_width": 16,
                      "loss": loss, "losses": {"loss": loss}}))
     out = lr_transfer(tmp_path)
-    assert out["grid_factor"] == pytest.approx(2.0)
+    assert out["grid_factor"] == pytest.approx(2.0) and out["mup_base_width_from_sp"] == [16]
+    assert out["mup"]["16"] == out["sp"]["16"] == pytest.approx(8e-3, rel=1e-6)
     assert out["sp"]["64"] == pytest.approx(2e-3, rel=1e-6) and out["mup"]["64"] == pytest.approx(8e-3, rel=1e-6)
     assert out["movement_grid_steps"]["sp"] == pytest.approx(2.0) and out["movement_grid_steps"]["mup"] == pytest.approx(0.0)
     assert (tmp_path / "lr_transfer.png").stat().st_size > 1000

@@ -1,15 +1,19 @@
 """muP learning-rate transfer (Yang et al. 2022, "Tensor Programs V", Figure 1): the same sweep of
 learning rates at widths 16, 32 and 64 (4x), under the standard parametrisation (SP) and under muP
-with base width 16 (where the two are the same model).
+with base width 16.
 
 Run:  omni sweep --config configs/scaling/mup_transfer.py --out runs/scaling/mup_transfer
       omni scaling lr-transfer runs/scaling/mup_transfer
 
 Under muP the best learning rate should stay put as the width grows; under SP it should fall.
 6 learning rates on a factor-2 grid (1e-3 .. 3.2e-2), 100 steps of batch 64 each, depth 2,
-2 heads, text + image; the loss is the held-out total over 8 batches. Runs are named
-<param>-<width>-lr<lr x 1e4>e-4; `omni scaling lr-transfer` reads lr, width and parametrization from each
-result.json.
+2 heads, text + image; the loss is the held-out total over 8 batches.
+
+At the base width muP is the standard model (same initialisation, same updates:
+tests/test_mup.py::test_mup_equals_sp_at_the_base_width), so width 16 runs once, under SP, and
+`omni scaling lr-transfer` uses that curve for both. The points run middle learning rates
+first and the 4x pair (16 and 64) before width 32, so that a sweep cut short by time still
+brackets each optimum.
 """
 import ml_collections
 
@@ -38,6 +42,11 @@ def get_config():
     c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in WIDTHS}
     c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS}
     c.axes = ("param", "width", "lr")
+    curves = [("sp", 16), ("sp", 64), ("mup", 64), ("sp", 32), ("mup", 32)]
+    order = (0.004, 0.008, 0.002, 0.016, 0.001, 0.032)   # middle out
+    c.points = [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4")
+                for pair in ((curves[:3], order[:3]), (curves[:3], order[3:]), (curves[3:], order))
+                for lr in pair[1] for param, w in pair[0]]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True

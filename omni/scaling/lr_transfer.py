@@ -6,7 +6,8 @@ parabola through the grid's best point and its two neighbours, in log lr, has it
     log lr* = x_i + h (L_{i-1} - L_{i+1}) / (2 (L_{i-1} - 2 L_i + L_{i+1}))   (equal spacing h),
 which lies within half a grid step of x_i when x_i is the grid minimum. A minimum at the end of
 the grid is reported as that end (`at_edge`): the grid did not bracket it. How far the best lr
-moves across widths is log(max lr* / min lr*) / log(grid factor), in grid steps.
+moves across widths is log(max lr* / min lr*) / log(grid factor), in grid steps. muP at its base
+width is the standard model, so a sweep may run that width under SP only; its curve serves both.
 """
 from __future__ import annotations
 
@@ -58,6 +59,14 @@ def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
         loss = r.get("losses", {}).get(target)
         curves.setdefault(r.get("parametrization", "sp"), {}).setdefault(int(r["width"]), []).append(
             (float(r["lr"]), math.nan if loss is None else float(loss)))
+    # At its base width muP is the standard model (tests/test_mup.py), so a sweep may run that
+    # width once, under SP: its curve then serves both.
+    shared = []
+    for r in results:
+        base = int(r.get("mup_base_width") or 0)
+        if r.get("parametrization") == "mup" and base in curves.get("sp", {}) and base not in curves["mup"]:
+            curves["mup"][base] = list(curves["sp"][base])
+            shared.append(base)
     factor = grid_factor([r["lr"] for r in results])
     out: dict = {"grid_factor": factor, "target": target}
     details = {}
@@ -67,8 +76,10 @@ def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
             points.sort()
             best = interpolated_minimum([p[0] for p in points], [p[1] for p in points])
             out[param][str(width)] = best["lr"]
-            details[param][str(width)] = {**best, "lrs": [p[0] for p in points], "losses": [p[1] for p in points]}
+            details[param][str(width)] = {**best, "lrs": [p[0] for p in points], "losses": [p[1] for p in points],
+                                          "runs_of": "sp" if param == "mup" and width in shared else param}
     out["movement_grid_steps"] = {param: movement(out[param], factor) for param in curves}
+    out["mup_base_width_from_sp"] = sorted(set(shared))
     out["at_edge"] = sorted(f"{p}/{w}" for p in details for w, d in details[p].items() if d["at_edge"])
     write_json(directory / "lr_transfer.json", {**out, "curves": details})
     if plot:
