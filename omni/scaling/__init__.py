@@ -1,7 +1,7 @@
 """Scaling laws: run a grid of trainings (`omni sweep`), fit L(N, D) to them (`omni scaling fit`).
 
     law          L(N, D) = E + A/N^alpha + B/D^beta and its fit (Hoffmann et al. 2022, approach 3)
-    interaction  the two-modality interaction term (Aghajanyan et al. 2023, eq. 3) and its fit
+    interaction  the two-modality interaction term (Aghajanyan et al. 2023, bi-modal law) and its fit
     approach2    Chinchilla approach 2: IsoFLOP parabolas, N_opt = k C^a
     loo          leave-one-out refits and the held-out prediction of one run
     checks       holdout, approach 2 against 3, leave-one-out and noise for a fitted group
