@@ -6,7 +6,8 @@ Run:  omni sweep --config configs/scaling/mup_transfer.py --out runs/scaling/mup
       omni scaling lr-transfer runs/scaling/mup_transfer
 
 Under muP the best learning rate should stay put as the width grows; under SP it should fall.
-6 learning rates on a factor-2 grid (1e-3 .. 3.2e-2), 100 steps of batch 64 each, depth 2,
+Learning rates on a factor-2 grid, 1e-3 .. 3.2e-2 (6.4e-2 added after the first runs put the
+base width's optimum near 3.2e-2), 100 steps of batch 64 each, depth 2,
 2 heads, text + image; the loss is the held-out total over 8 batches.
 
 At the base width muP is the standard model (same initialisation, same updates:
@@ -17,7 +18,7 @@ brackets each optimum.
 """
 import ml_collections
 
-LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032)
+LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
 WIDTHS = (16, 32, 64)
 
 
@@ -47,6 +48,8 @@ def get_config():
     c.points = [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4")
                 for pair in ((curves[:3], order[:3]), (curves[:3], order[3:]), (curves[3:], order))
                 for lr in pair[1] for param, w in pair[0]]
+    # the base width's optimum came out near the top of the grid: one more step above it
+    c.points += [(param, f"w{w:03d}", "lr0640e-4") for param, w in (("sp", 16), ("mup", 64), ("mup", 32), ("sp", 32))]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True
