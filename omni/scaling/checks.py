@@ -4,7 +4,7 @@ total loss and each objective,
   * approach 2 against approach 3: the compute-optimal exponent a of N_opt ∝ C^a from IsoFLOP
     parabolas (omni.scaling.approach2) and from the parametric fit, a = beta / (alpha + beta)
     (Hoffmann et al. 2022, eq. 4), each with a bootstrap interval; they agree when the intervals
-    overlap;
+    overlap and every IsoFLOP minimum lies inside its slice's sizes (else `agree` is null);
   * leave-one-out: how the law moves when each run is left out (omni.scaling.loo);
   * noise: the spread of the losses over seeds at a repeated point, and the held-out evaluation's
     standard error, to set the prediction errors against.
@@ -58,6 +58,11 @@ def _agree(a2: dict, a3: dict) -> dict:
     i2, i3 = a2.get("a_interval"), a3.get("a_interval")
     if a2.get("a") is None or a3.get("a") is None or not i2 or not i3:
         return {"agree": None, "reason": "an exponent or interval is missing"}
+    outside = [s["C"] for s in a2.get("slices", []) if s.get("ok") and not s.get("interior")]
+    if outside:
+        # a parabola minimum outside the sampled sizes is an extrapolation: no test of approach 3
+        return {"agree": None, "difference": a2["a"] - a3["a"],
+                "reason": f"approach 2's minimum lies outside the sampled sizes at C = {outside}"}
     overlap = max(i2[0], i3[0]) <= min(i2[1], i3[1])
     return {"agree": bool(overlap), "difference": a2["a"] - a3["a"],
             "rule": "the two bootstrap intervals overlap"}
