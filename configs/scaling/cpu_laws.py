@@ -5,7 +5,7 @@ Run:  omni sweep --config configs/scaling/cpu_laws.py --out runs/scaling/cpu_law
       omni scaling fit runs/scaling/cpu_laws
 
 Design (docs/scaling.md has the measured results):
-  * 6 model sizes: widths 16..96 at depth 2 (N = 19k..290k non-embedding parameters).
+  * 6 model sizes: widths 16..96 at depth 2 (N = 18k..281k non-embedding parameters).
   * 3 IsoFLOP slices (Hoffmann et al. 2022, approach 2): at each compute budget C = 6 N D, 5 or 6
     sizes, each trained for the steps that spend C (steps = C / (6 N x 64 x 40 tokens)); the
     sizes of each slice bracket the expected optimum. The slices give 11 distinct token budgets.
