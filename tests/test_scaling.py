@@ -299,3 +299,14 @@ def test_lr_transfer_interpolates_on_the_log_grid(tmp_path):
     assert out["sp"]["64"] == pytest.approx(2e-3, rel=1e-6) and out["mup"]["64"] == pytest.approx(8e-3, rel=1e-6)
     assert out["movement_grid_steps"]["sp"] == pytest.approx(2.0) and out["movement_grid_steps"]["mup"] == pytest.approx(0.0)
     assert (tmp_path / "lr_transfer.png").stat().st_size > 1000
+
+
+def test_approaches_agree_only_with_bracketed_minima():
+    from omni.scaling.checks import _agree
+    a3 = {"a": 0.45, "a_interval": [0.40, 0.50]}
+    inside = {"a": 0.47, "a_interval": [0.44, 0.52], "slices": [{"ok": True, "interior": True, "C": 1.0}]}
+    assert _agree(inside, a3)["agree"] is True
+    assert _agree({**inside, "a_interval": [0.55, 0.60]}, a3)["agree"] is False
+    outside = {**inside, "slices": [{"ok": True, "interior": True, "C": 1.0}, {"ok": True, "interior": False, "C": 2.0}]}
+    result = _agree(outside, a3)   # overlapping intervals, but one minimum is extrapolated
+    assert result["agree"] is None and "outside" in result["reason"]
