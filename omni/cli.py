@@ -22,7 +22,7 @@ from omni.export.bundle import export_bundle
 from omni.export.embed import cli_embed
 from omni.export.match import cli_match
 from omni.launchers import jobset_manifest, tpu_vm_command
-from omni.scaling.commands import cli_fit, cli_sweep
+from omni.scaling.commands import cli_fit, cli_lr_transfer, cli_sweep
 from omni.train import train
 
 
@@ -112,6 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     scaling_commands = scaling.add_subparsers(dest="scaling_command", required=True)
     fit = scaling_commands.add_parser("fit", help="fit L(N, D) to the runs in DIR; write fit.json and plots")
     fit.add_argument("dir")
+    lr_transfer = scaling_commands.add_parser(
+        "lr-transfer", help="best learning rate per width under SP and muP (a mup_transfer sweep in DIR); plot")
+    lr_transfer.add_argument("dir")
 
     plan = commands.add_parser("plan", help="compile the train step for the configured mesh; print memory and FLOPs")
     plan.add_argument("--config", default=None)
@@ -224,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             return _print(cli_sweep(args.config, args.out, only=args.only, runner=args.runner,
                                     max_parallel=args.max_parallel, status=args.status))
         if args.command == "scaling":
+            if args.scaling_command == "lr-transfer":
+                return _print(cli_lr_transfer(args.dir))
             return _print(cli_fit(args.dir))
         if args.command == "export":
             return _print(export_bundle(args.workdir, args.out))

@@ -94,7 +94,7 @@ def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
         (tmp_path / "runs" / r["name"]).mkdir(parents=True)
         (tmp_path / "runs" / r["name"] / "result.json").write_text(json.dumps(r))
 
-    summary = scaling.cli_fit(tmp_path, bootstrap=10)
+    summary = scaling.cli_fit(tmp_path, bootstrap=10, loo=False)   # leave-one-out has its own test
     data = json.loads((tmp_path / "fit.json").read_text())
     assert data["main"] == "image+text"
     assert set(data["groups"]) == {"image", "text", "image+text"}
@@ -199,3 +199,122 @@ def test_array_spec_compresses_consecutive_indices():
     assert array_spec([0, 1, 2, 3], 2) == "0-3%2"
     assert array_spec([1, 3, 4, 5, 9], None) == "1,3-5,9"
     assert array_spec([7], 4) == "7%4"
+
+
+# --- the checks of issue 19: approach 2, leave-one-out, the interaction's sign, lr transfer ---
+
+# a = beta / (alpha + beta) of CHINCHILLA, written out: 0.28 / 0.62
+CHINCHILLA_A = 0.4516129
+
+
+def isoflop_runs(law, budgets=(1e18, 1e19, 1e20, 1e21), spread=(0.25, 0.5, 1.0, 2.0, 4.0)):
+    """IsoFLOP slices around the law's own optimum: N = N_opt(C) x spread, D = C / (6 N)."""
+    N, C = [], []
+    for c in budgets:
+        n_opt, _ = law.compute_optimal(c)
+        N += [n_opt * s for s in spread]
+        C += [c] * len(spread)
+    N, C = np.array(N), np.array(C)
+    return N, C / (6 * N), C
+
+
+def test_approach2_recovers_the_exponent_of_a_known_law():
+    from omni.scaling import fit_approach2
+    N, D, C = isoflop_runs(CHINCHILLA)
+    rng = np.random.default_rng(0)
+    L = CHINCHILLA(N, D) * np.exp(rng.normal(0.0, 1e-4, N.shape))
+    result = fit_approach2(N, C, L, bootstrap=50)
+    assert result["slices_used"] == 4
+    assert result["a"] == pytest.approx(CHINCHILLA_A, abs=0.01)
+    low, high = result["a_interval"]
+    assert low < result["a"] < high and high - low < 0.05
+    for row in result["slices"]:   # each parabola's minimum is the closed-form optimum
+        assert row["interior"] and row["N_opt"] == pytest.approx(CHINCHILLA.compute_optimal(row["C"])[0], rel=0.1)
+    # a law with twice the data exponent wants bigger models: a = 0.56 / 0.90 = 0.622
+    steeper = Law(E=1.69, A=406.4, B=410.7, alpha=0.34, beta=0.56)
+    N, D, C = isoflop_runs(steeper)
+    assert fit_approach2(N, C, steeper(N, D), bootstrap=0)["a"] == pytest.approx(0.6222, abs=0.015)
+
+
+def test_approach2_refuses_slices_without_a_minimum():
+    from omni.scaling import fit_approach2
+    N, D, C = isoflop_runs(CHINCHILLA, spread=(1.0, 2.0, 4.0))
+    L = 5.0 - 0.1 * np.log(N)          # loss falls with N along every slice: no parabola minimum
+    result = fit_approach2(N, C, L, bootstrap=0)
+    assert result["a"] is None and "minimum" in result["reason"]
+
+
+SMALL_GRID = {"a": [6.0], "b": [6.0], "e": [0.5], "alpha": [0.3, 0.4], "beta": [0.3]}
+
+
+def test_leave_one_out_finds_the_corrupted_run():
+    from omni.scaling import leave_one_out
+    N, D = grid_runs(4, 4)
+    L = CHINCHILLA(N, D)
+    L[5] *= 1.10                        # an inner run 10% off the law
+    result = leave_one_out(N, D, L, [f"r{i}" for i in range(len(L))], grid=SMALL_GRID, top_k=None)
+    assert result["most_influential"] == "r5"
+    errors = [r["relative_error"] for r in result["runs"]]
+    assert errors[5] == pytest.approx(0.1 / 1.1, rel=0.05)   # the refit without it predicts the true law
+    assert sorted(errors)[-2] < 0.02
+    # the Huber loss keeps one bad run from swinging the exponents: every refit is near the truth
+    for key in ("alpha", "beta"):
+        low, high = result["range"][key]
+        assert getattr(CHINCHILLA, key) * 0.97 < low <= high < getattr(CHINCHILLA, key) * 1.03, key
+
+
+@pytest.mark.parametrize("kind, true", [
+    ("compete", Interaction(C=0.0, beta=30.0, alpha=0.35, gamma=50.0, alpha_d=0.35)),
+    ("synergy", Interaction(C=0.08, beta=2.0, alpha=0.35, gamma=3.0, alpha_d=0.35)),
+])
+def test_interaction_fit_recovers_sign_and_size(kind, true):
+    """Aghajanyan et al. 2023's bi-modal law on synthetic runs with a known interaction."""
+    law_i, law_j = Law(1.5, 300.0, 400.0, 0.3, 0.3), Law(2.0, 200.0, 900.0, 0.25, 0.35)
+    N, D = grid_runs(5, 5)
+    rng = np.random.default_rng(1)
+    L = true.mixed_loss(law_i, law_j, N, D / 2, D / 2) * np.exp(rng.normal(0.0, 5e-4, N.shape))
+    got = fit_interaction(N, D / 2, D / 2, L, law_i, law_j)["interaction"]
+    true_term, got_term = true.term(N, D), got.term(N, D)
+    sign = 1 if kind == "compete" else -1
+    assert np.all(np.sign(true_term) == sign) and np.all(np.sign(got_term) == sign)
+    np.testing.assert_allclose(got_term, true_term, atol=0.1 * np.abs(true_term).max())
+
+
+def test_lr_transfer_interpolates_on_the_log_grid(tmp_path):
+    from omni.scaling import interpolated_minimum, lr_transfer
+    lrs = 1e-3 * 2.0 ** np.arange(6)
+    # an exact parabola in log lr with its vertex between grid points: found exactly
+    curve = lambda best, lr: 3.0 + 0.2 * np.log(lr / best) ** 2  # noqa: E731
+    got = interpolated_minimum(lrs, curve(5.5e-3, lrs))
+    assert got["lr"] == pytest.approx(5.5e-3, rel=1e-6) and got["grid_lr"] == 4e-3 and not got["at_edge"]
+    # a minimum beyond the grid is reported at its end, flagged
+    edge = interpolated_minimum(lrs, curve(1e-1, lrs))
+    assert edge["at_edge"] and edge["lr"] == lrs[-1]
+    # a sweep directory: SP's best lr halves per doubling of width, muP's stays; muP's base width
+    # (16) is not run: SP's curve there serves both
+    for param, best in (("sp", {16: 8e-3, 32: 4e-3, 64: 2e-3}), ("mup", {32: 8e-3, 64: 8e-3})):
+        for width, lr_star in best.items():
+            for lr in lrs:
+                name = f"{param}-{width}-{lr:.4f}"
+                (tmp_path / "runs" / name).mkdir(parents=True)
+                loss = float(curve(lr_star, lr))
+                (tmp_path / "runs" / name / "result.json").write_text(json.dumps(
+                    {"name": name, "lr": lr, "width": width, "parametrization": param, "mup_base_width": 16,
+                     "loss": loss, "losses": {"loss": loss}}))
+    out = lr_transfer(tmp_path)
+    assert out["grid_factor"] == pytest.approx(2.0) and out["mup_base_width_from_sp"] == [16]
+    assert out["mup"]["16"] == out["sp"]["16"] == pytest.approx(8e-3, rel=1e-6)
+    assert out["sp"]["64"] == pytest.approx(2e-3, rel=1e-6) and out["mup"]["64"] == pytest.approx(8e-3, rel=1e-6)
+    assert out["movement_grid_steps"]["sp"] == pytest.approx(2.0) and out["movement_grid_steps"]["mup"] == pytest.approx(0.0)
+    assert (tmp_path / "lr_transfer.png").stat().st_size > 1000
+
+
+def test_approaches_agree_only_with_bracketed_minima():
+    from omni.scaling.checks import _agree
+    a3 = {"a": 0.45, "a_interval": [0.40, 0.50]}
+    inside = {"a": 0.47, "a_interval": [0.44, 0.52], "slices": [{"ok": True, "interior": True, "C": 1.0}]}
+    assert _agree(inside, a3)["agree"] is True
+    assert _agree({**inside, "a_interval": [0.55, 0.60]}, a3)["agree"] is False
+    outside = {**inside, "slices": [{"ok": True, "interior": True, "C": 1.0}, {"ok": True, "interior": False, "C": 2.0}]}
+    result = _agree(outside, a3)   # overlapping intervals, but one minimum is extrapolated
+    assert result["agree"] is None and "outside" in result["reason"]

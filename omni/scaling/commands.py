@@ -1,9 +1,12 @@
-"""Command-line glue, wired into omni.cli as `omni sweep` and `omni scaling fit`."""
+"""Command-line glue, wired into omni.cli as `omni sweep`, `omni scaling fit` and
+`omni scaling lr-transfer`."""
 from __future__ import annotations
 
 from pathlib import Path
 
+from omni.scaling.checks import summary as checks_summary
 from omni.scaling.fit_dir import fit_dir
+from omni.scaling.lr_transfer import lr_transfer
 from omni.scaling.sweep import run_sweep, sweep_status
 
 
@@ -25,6 +28,8 @@ def cli_fit(directory, **fit_kwargs) -> dict:
     data = fit_dir(directory, **fit_kwargs)
     summary = {"dir": str(directory), "fit": str(Path(directory) / "fit.json"), "plots": data.get("plots", []),
                "main": data.get("main"), "laws": {}}
+    if data.get("main") and "checks" in data["groups"][data["main"]]:
+        summary.update(checks_summary(data["groups"][data["main"]]["checks"]))
     if data.get("main"):
         for target, fit in data["groups"][data["main"]]["fits"].items():
             row = {k: fit[k] for k in ("E", "A", "B", "alpha", "beta")}
@@ -41,3 +46,9 @@ def cli_fit(directory, **fit_kwargs) -> dict:
         summary["interactions"] = {g: {k: v for k, v in e.items() if k in ("C", "beta", "alpha", "gamma", "skipped")}
                                    for g, e in data["interactions"].items()}
     return summary
+
+
+def cli_lr_transfer(directory) -> dict:
+    """`omni scaling lr-transfer DIR`: best lr per width under SP and muP; writes
+    lr_transfer.json and lr_transfer.png into DIR."""
+    return lr_transfer(directory)

@@ -1,8 +1,8 @@
 """A sweep config and its grid: which runs a sweep makes, and each run's config.
 
 A sweep config (configs/scaling/*.py, `get_config()` like any config) names a base config,
-common overrides, and a grid: axes of named override lists; every combination is one run, in
-out/runs/<name>. See configs/scaling/tiny_sweep.py.
+common overrides, and a grid: axes of named override lists; every combination is one run (or,
+with sweep.points, only the listed combinations), in out/runs/<name>. See configs/scaling/tiny_sweep.py.
 """
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def grid_points(sweep) -> list[dict]:
     sweep.grid: {axis: {value_name: [override, ...]}}; sweep.axes (optional) orders the axes
     (ConfigDict sorts keys). Values are taken in name order, so zero-pad numbers in names.
     An override `--sweep.modalities=text,image` keeps only those modalities of the base config.
+    sweep.points (optional): a list of value-name tuples, one per axis in sweep.axes order, to
+    run instead of the full product (e.g. IsoFLOP slices, or a second seed at one point only).
     """
     grid = sweep.grid
     axes = list(sweep.get("axes", None) or sorted(grid.keys()))
@@ -39,8 +41,17 @@ def grid_points(sweep) -> list[dict]:
         raise ValueError(f"sweep.axes does not list grid axes {sorted(unknown)}")
     values = [sorted(grid[axis].keys()) for axis in axes]
     common = list(sweep.get("overrides", []) or [])
+    combinations = list(itertools.product(*values))
+    if sweep.get("points", None):
+        combinations = [tuple(str(v) for v in p) for p in sweep.points]
+        for combination in combinations:
+            bad = [v for axis, v in zip(axes, combination) if v not in grid[axis]]
+            if len(combination) != len(axes) or bad:
+                raise ValueError(f"sweep.points: {combination} is not one value per axis {axes} (unknown: {bad})")
+        if len(set(combinations)) != len(combinations):
+            raise ValueError("sweep.points lists a point twice")
     points = []
-    for combination in itertools.product(*values):
+    for combination in combinations:
         overrides = list(common)
         for axis, value in zip(axes, combination):
             overrides += list(grid[axis][value])

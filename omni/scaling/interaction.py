@@ -1,18 +1,23 @@
-"""Two-modality mixtures (Aghajanyan et al. 2023, "Scaling Laws for Generative Mixed-Modal
-Language Models", eq. 3): a model trained on modalities i and j with N parameters on D_i + D_j
-tokens has
-    L_ij(N, D_i, D_j) = [L_i(N, D_i) + L_j(N, D_j)] / 2  - C_ij + beta_ij / N^alpha_ij
-                        + gamma_ij / (D_i + D_j)^alpha_ij
-where L_i, L_j are the unimodal laws (fitted on runs that saw only one modality), C_ij the
-maximal synergy, beta_ij / N^alpha_ij the competition for capacity and gamma_ij / |D|^alpha_ij the
-competition in optimisation. The data exponent is tied to alpha_ij by default, as the paper's
-equation is written; `shared_exponent=False` fits its own exponent. The interaction term
+"""Two-modality mixtures: the bi-modal scaling law of Aghajanyan et al. 2023, "Scaling Laws for
+Generative Mixed-Modal Language Models", section 3 (the equation after their uni-modal
+Chinchilla form; this file called it eq. 3, a number not re-checked against the PDF from here,
+so the form is quoted in full). A model trained on modalities i and j with N parameters on
+D_i + D_j tokens has
+    L(N, D_i, D_j) = [L_i(N, D_i) + L_j(N, D_j)] / 2  - C_ij + beta_ij / N^alpha_ij
+                     + gamma_ij / (|D_i| + |D_j|)^alpha_ij
+where L_i, L_j are the uni-modal laws (Chinchilla form, fitted on runs that saw only one
+modality, each at its own token count D_i), C_ij the maximal synergy, beta_ij / N^alpha_ij the
+competition for capacity and gamma_ij / |D|^alpha_ij the competition in optimisation. Checked
+against that form: the mean of the two uni-modal laws, the data term on the sum of both token
+counts, one exponent alpha_ij shared by the N and D terms (`shared_exponent=False` fits its own
+data exponent, not in the paper). The interaction term
     I_ij(N, D) = -C_ij + beta_ij / N^alpha_ij + gamma_ij / D^alpha_ij
 is > 0 where the modalities compete (the mixed model is worse than the average of the two
-unimodal ones) and < 0 where they help each other; the "competition barrier" is the scale where
+uni-modal ones) and < 0 where they help each other; the "competition barrier" is the scale where
 I_ij = 0. Here the mixed loss is the mean of the two per-modality losses of the mixed run, and the
-fit is on log L_ij with the same Huber loss as the law's (omni.scaling.law), the unimodal laws
-held fixed.
+fit is on log L_ij with the same Huber loss as the law's (omni.scaling.law), the uni-modal laws
+held fixed. tests/test_scaling.py fits synthetic runs made from this equation, with known
+competition and known synergy, and recovers the term's sign and size.
 """
 from __future__ import annotations
 

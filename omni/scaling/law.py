@@ -1,10 +1,10 @@
 """The scaling law L(N, D) and its fit (Hoffmann et al. 2022, "Chinchilla", approach 3).
 
-    L(N, D) = E + A / N^alpha + B / D^beta
+    L(N, D) = E + A / N^alpha + B / D^beta                                  (the paper's eq. 2)
 
 N = non-embedding parameters, D = training tokens. With a = log A, b = log B, e = log E the
 prediction in log space is  log L = logsumexp(a - alpha log N, b - beta log D, e); the fit
-minimises the Huber loss (delta = 1e-3) between that and the observed log L with L-BFGS-B,
+(eq. 3) minimises the Huber loss (delta = 1e-3) between that and the observed log L with L-BFGS-B,
 started from a grid of points (Chinchilla's grid: a, b in {0, 5, .., 25}, e in {-1, -.5, .., 1},
 alpha, beta in {0, .5, .., 2}); the best of the local optima is kept. Every grid point is scored
 first (cheap, vectorised) and L-BFGS runs from the `top_k` best (None = all of them). The
@@ -13,7 +13,7 @@ numbers of order one: an unscaled Huber sum is ~1e-5 and meets them long before 
 Exponents are bounded to [0, 10]. Confidence intervals: bootstrap over runs (resample with
 replacement, refit warm-started from the best fit and the best grid points, percentile intervals).
 
-Compute-optimal allocation for C = 6 N D (minimise L subject to the budget, closed form):
+Compute-optimal allocation for C = 6 N D (minimise L subject to the budget, eq. 1; closed form, eq. 4):
     N_opt(C) = G (C/6)^(beta/(alpha+beta)),  D_opt(C) = G^-1 (C/6)^(alpha/(alpha+beta)),
     G = (alpha A / (beta B))^(1/(alpha+beta));  the frontier is L(N_opt(C), D_opt(C)).
 """
@@ -128,8 +128,11 @@ def _grid_scores(points, log_n, log_d, log_l, delta) -> np.ndarray:
 
 
 # Exponents are kept non-negative (a law whose loss grows with N or D is not a scaling law);
-# log-coefficients are free.
-_LAW_BOUNDS = [(None, None), (None, None), (None, None), (0.0, 10.0), (0.0, 10.0)]
+# log-coefficients are free, except that log E stops at -8 (E = 3e-4, no floor at all for these
+# losses): on runs far above their floor the best E is 0, and an unbounded e walked towards
+# -infinity for L-BFGS-B's full 2000 iterations from every start (23 s a fit on 7 runs).
+E_LOG_FLOOR = -8.0
+_LAW_BOUNDS = [(None, None), (None, None), (E_LOG_FLOOR, None), (0.0, 10.0), (0.0, 10.0)]
 
 
 @dataclasses.dataclass

@@ -91,7 +91,8 @@ def compiled_step_flops(config) -> dict:
 def heldout_losses(workdir, split: str, batches: int, config=None) -> dict | None:
     """Losses of the run's final checkpoint on `batches` batches of the held-out split, encoded
     exactly like training batches (same batch size, modality dropout, masking rates; fixed masking
-    keys). Returns {"loss/<objective>": mean, ..., "loss": weighted sum} or None without the split.
+    keys). Returns {"loss/<objective>": mean, ..., "loss": weighted sum, "sem": {name: standard error
+    of the mean over batches}} or None without the split.
 
     An objective with nothing to score in a batch reports exactly 0 there; such batches are left
     out of that objective's mean. `loss` is recomputed as sum(weight * mean) over the objectives."""
@@ -109,20 +110,22 @@ def heldout_losses(workdir, split: str, batches: int, config=None) -> dict | Non
     loss_fn = jax.jit(lambda p, batch, rng: objectives.total_loss(nnx.merge(graphdef, p), batch, rng, eval_config)[1])
     shardings = setup.batch_shardings()
     key = jax.random.key(int(config.train.seed) + 7919)
-    sums, counts = {}, {}
+    values: dict[str, list[float]] = {}
     with jax.set_mesh(setup.mesh):
         for i, (local, _) in enumerate(pipeline.training_batches(source, eval_config, assets)):
             batch = {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
             metrics = jax.device_get(loss_fn(params, batch, jax.random.fold_in(key, i)))
             for name, value in metrics.items():
                 value = float(value)
-                if name.startswith("loss/") and value != 0.0 and math.isfinite(value):
-                    sums[name] = sums.get(name, 0.0) + value
-                    counts[name] = counts.get(name, 0) + 1
-    out = {name: sums[name] / counts[name] for name in sums}
+                if (name == "loss" or name.startswith("loss/")) and value != 0.0 and math.isfinite(value):
+                    values.setdefault(name, []).append(value)
+    out = {name: float(np.mean(v)) for name, v in values.items() if name != "loss"}
+    # Standard error of each mean over the batches: the evaluation's own noise (seeds add more).
+    sem = {name: float(np.std(v, ddof=1) / math.sqrt(len(v))) if len(v) > 1 else None for name, v in values.items()}
     weights = {name: float(config.loss[name].weight) for name in config.loss}
     out["loss"] = sum(w * out[f"loss/{name}"] for name, w in weights.items() if w > 0 and f"loss/{name}" in out)
     out["batches"] = int(batches)
+    out["sem"] = sem
     return out
 
 

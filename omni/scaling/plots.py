@@ -84,3 +84,46 @@ def make_plots(directory: Path, runs: list[dict], fits: dict[str, Fit]) -> list[
     plt.close(fig)
     written.append("fitted_vs_observed.png")
     return written
+
+
+def approach2_plot(directory: Path, checks: dict, fits: dict[str, Fit]) -> list[str]:
+    """approach2.png: per target, the IsoFLOP slices with their parabolas in log N (left), and
+    N_opt against C from approach 2 (slice minima, fitted power law) and approach 3 (right)."""
+    import matplotlib  # deferred: slow to import
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = [t for t in checks["approach2"] if checks["approach2"][t].get("slices")]
+    if not targets:
+        return []
+    fig, axes = plt.subplots(len(targets), 2, figsize=(10.5, 3.4 * len(targets)), squeeze=False)
+    cmap = plt.get_cmap("plasma")
+    for row, target in zip(axes, targets):
+        a2 = checks["approach2"][target]
+        slices = a2["slices"]
+        for k, s in enumerate(slices):
+            color = cmap(k / max(len(slices) - 1, 1))
+            row[0].scatter(s["N"], s["losses"], color=color, s=16, label=f"C = {s['C']:.2g}")
+            if s.get("ok"):
+                xs = np.linspace(math.log(min(s["N"])) - 0.3, math.log(max(s["N"])) + 0.3, 100)
+                row[0].plot(np.exp(xs), np.polyval(s["coefficients"], xs), color=color, lw=1)
+                row[0].plot([s["N_opt"]], [s["L_opt"]], "o", color=color, markeredgecolor="k")
+        row[0].set(xscale="log", xlabel="N", ylabel=target, title=f"{target}: IsoFLOP parabolas")
+        row[0].legend(fontsize=7)
+        good = [s for s in slices if s.get("ok")]
+        cs = np.array([s["C"] for s in slices])
+        grid = np.logspace(math.log10(cs.min()) - 0.3, math.log10(cs.max()) + 0.5, 50)
+        if good:
+            row[1].plot([s["C"] for s in good], [s["N_opt"] for s in good], "ko", label="approach 2: slice minima")
+        if a2.get("a") is not None:
+            row[1].plot(grid, a2["k"] * grid ** a2["a"], "k-", label=f"approach 2: a = {a2['a']:.2f}")
+        key = "loss" if target == "total" else f"loss/{target}"
+        law = fits[key].law if key in fits else None
+        if law is not None and not law.degenerate:
+            row[1].plot(grid, law.compute_optimal(grid)[0], "r--", label=f"approach 3: a = {law.n_exponent:.2f}")
+        row[1].set(xscale="log", yscale="log", xlabel="C = 6ND", ylabel="N_opt", title=f"{target}: N_opt(C)")
+        row[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(Path(directory) / "approach2.png", dpi=110)
+    plt.close(fig)
+    return ["approach2.png"]

@@ -145,6 +145,10 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
         **{k: v for k, v in xla.items()},
         "loss": losses.get("loss"), "losses": losses, "loss_per_modality": per_modality,
         "loss_source": source, "losses_from_train_row": from_train_row, "final_train_losses": train_row,
+        "heldout_sem": (held_out or {}).get("sem"),
+        "lr": float(config.train.lr), "seed": int(config.train.seed),
+        "parametrization": str(config.model.get("parametrization", "sp")),
+        "mup_base_width": int(config.model.get("mup_base_width", 0) or 0),
         "wall_s": time.perf_counter() - started, "train_s": train_s,
     }
     if xla.get("xla_flops_per_step") is not None:

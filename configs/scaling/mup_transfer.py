@@ -1,0 +1,56 @@
+"""muP learning-rate transfer (Yang et al. 2022, "Tensor Programs V", Figure 1): the same sweep of
+learning rates at widths 16, 32 and 64 (4x), under the standard parametrisation (SP) and under muP
+with base width 16.
+
+Run:  omni sweep --config configs/scaling/mup_transfer.py --out runs/scaling/mup_transfer
+      omni scaling lr-transfer runs/scaling/mup_transfer
+
+Under muP the best learning rate should stay put as the width grows; under SP it should fall.
+Learning rates on a factor-2 grid, 1e-3 .. 3.2e-2 (6.4e-2 added after the first runs put the
+base width's optimum near 3.2e-2), 100 steps of batch 64 each, depth 2,
+2 heads, text + image; the loss is the held-out total over 8 batches.
+
+At the base width muP is the standard model (same initialisation, same updates:
+tests/test_mup.py::test_mup_equals_sp_at_the_base_width), so width 16 runs once, under SP, and
+`omni scaling lr-transfer` uses that curve for both. The points run middle learning rates
+first and the 4x pair (16 and 64) before width 32, so that a sweep cut short by time still
+brackets each optimum.
+"""
+import ml_collections
+
+LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
+WIDTHS = (16, 32, 64)
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.name = "mup_transfer"
+    c.base = "tiny.py"
+    c.runner = "local"
+    c.overrides = [
+        "--config.modalities=text,image",
+        "--config.model.depth=2",
+        "--config.model.heads=2",
+        "--config.model.mup_base_width=16",
+        "--config.train.steps=100",
+        "--config.train.warmup_steps=10",
+        "--config.train.eval_every=0",
+        "--config.train.log_every=50",
+        "--config.train.checkpoint_every=100000",
+    ]
+    c.grid = ml_collections.ConfigDict()
+    c.grid.param = {"sp": ["--config.model.parametrization=sp"], "mup": ["--config.model.parametrization=mup"]}
+    c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in WIDTHS}
+    c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS}
+    c.axes = ("param", "width", "lr")
+    curves = [("sp", 16), ("sp", 64), ("mup", 64), ("sp", 32), ("mup", 32)]
+    order = (0.004, 0.008, 0.002, 0.016, 0.001, 0.032)   # middle out
+    c.points = [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4")
+                for pair in ((curves[:3], order[:3]), (curves[:3], order[3:]), (curves[3:], order))
+                for lr in pair[1] for param, w in pair[0]]
+    # the base width's optimum came out near the top of the grid: one more step above it
+    c.points += [(param, f"w{w:03d}", "lr0640e-4") for param, w in (("sp", 16), ("mup", 64), ("mup", 32), ("sp", 32))]
+    c.eval_batches = 8
+    c.cost_analysis = False
+    c.compilation_cache = True
+    return c
