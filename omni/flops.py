@@ -46,7 +46,8 @@ def model_flops_per_step(config) -> float:
         forward += sum(3 * (transformer(lengths[a] + lengths[b]) + 2 * width) for a, b in pairs)
         if not contrastive:  # the embeddings the negatives are mined from
             forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
-        forward += sum(embed for embed, _ in stems.values())  # the matching passes' clean tokens
+        used = {n for pair in pairs for n in pair}
+        forward += sum(stems[n][0] for n in used)  # the matching passes' clean tokens
     return 3.0 * forward * config.train.batch_size
 
 

@@ -127,13 +127,14 @@ def binary_cross_entropy(pos_logits, pos_weight, neg_logits, neg_weight):
 def matching_losses(model, batch, embeddings, rng, config) -> dict[str, jax.Array]:
     """{"a-b": matching loss} for every trained pair, negatives mined from `embeddings` (the
     contrastive pass's normalised embeddings)."""
-    names = model.modality_names
+    pairs = itm_pairs(config, model.modality_names)
+    names = sorted({n for pair in pairs for n in pair})   # only the modalities some pair uses
     tokens = {n: model.stems[n].embed(batch, model.dtype) for n in names}
     present = {n: batch[f"{n}/present"] for n in names}
     fingerprints = {n: content_fingerprint(batch, n) for n in names}
     scale = jax.lax.stop_gradient(jnp.exp(model.logit_scale[...]))
     losses = {}
-    for index, (a, b) in enumerate(itm_pairs(config, names)):
+    for index, (a, b) in enumerate(pairs):
         both = present[a] & present[b]
         key = jax.random.fold_in(rng, 1000 + index)
         neg_b = sample_negatives_sharded(embeddings[a], embeddings[b], scale, jax.random.fold_in(key, 0),
