@@ -27,7 +27,19 @@ import json
 import logging
 import os
 
-import apache_beam as beam
+
+class _WithoutApitoolsWarning(logging.Filter):
+    """Beam's BigQuery client module logs "apitools not found ..." on the root logger when it is
+    imported without Beam's GCP extras. omni never uses BigQuery, and every `omni` command imports
+    this module (through the CLI), so that one message is dropped; nothing else is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("apitools not found")
+
+
+logging.getLogger().addFilter(_WithoutApitoolsWarning())
+
+import apache_beam as beam  # noqa: E402 -- after the filter above
 from array_record.python.array_record_module import ArrayRecordWriter
 from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
