@@ -14,7 +14,8 @@ Sampling is the Gumbel-max trick, argmax_j (s_ij + g_ij), with g_ij drawn from a
 the GLOBAL indices (i, j): the draw does not depend on how the batch is sharded. On a sharded
 batch the candidates' embeddings and tokens travel around the device ring (shard_map + ppermute,
 as the chunked SigLIP loss does); each device keeps, per local row, the best candidate so far and
-its tokens. Memory per device stays O(local batch), never the global batch.
+its tokens. Per device that is one local x local score block and the local candidates' tokens
+at a time, as for the chunked SigLIP loss: nothing grows with the global batch.
 """
 from __future__ import annotations
 
