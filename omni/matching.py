@@ -57,6 +57,12 @@ def _block_scores(za, zb, scale, key, rows, cols, fp_rows, fp_cols, row_ok, col_
     return jnp.where(allowed, scores, -jnp.inf)
 
 
+def _nothing_picked(za, tokens_b, valid_b):
+    """The running best before any candidate: score -inf, index 0, empty tokens."""
+    return (jnp.full(za.shape[0], -jnp.inf), jnp.zeros(za.shape[0], jnp.int32),
+            jnp.zeros_like(tokens_b), jnp.zeros_like(valid_b))
+
+
 def _pick(best, scores, tokens, valid):
     """Fold one block of candidates into the running best (score, index, tokens, token-valid)."""
     score, index, best_tokens, best_valid = best
@@ -71,8 +77,7 @@ def sample_negatives(za, zb, scale, key, fp, row_ok, col_ok, tokens_b, valid_b, 
     """For every row i: the tokens of a b_j drawn ~ softmax_j(scale za_i.zb_j) among allowed j
     (col_ok[j], fp[j] != fp[i]). Returns (tokens [B, L, D], token-valid [B, L], found [B]: a
     candidate existed, chosen global index [B])."""
-    init = (jnp.full(za.shape[0], -jnp.inf), jnp.zeros(za.shape[0], jnp.int32),
-            jnp.zeros_like(tokens_b), jnp.zeros_like(valid_b))
+    init = _nothing_picked(za, tokens_b, valid_b)
     scores = _block_scores(za, zb, scale, key, global_rows, global_rows, fp, fp, row_ok, col_ok)
     score, index, tokens, valid = _pick(init, scores, tokens_b, valid_b)
     return tokens, valid, jnp.isfinite(score), global_rows[index]
@@ -93,8 +98,7 @@ def sample_negatives_sharded(za, zb, scale, key, fp, row_ok, col_ok, tokens_b, v
 
     def local(za, zb, fp_rows, row_ok, col_ok, tokens_b, valid_b, rows, scale, key):
         visiting = (zb, fp_rows, col_ok, tokens_b, valid_b, rows)
-        best = (jnp.full(za.shape[0], -jnp.inf), jnp.zeros(za.shape[0], jnp.int32),
-                jnp.zeros_like(tokens_b), jnp.zeros_like(valid_b))
+        best = _nothing_picked(za, tokens_b, valid_b)
         chosen = jnp.zeros(za.shape[0], jnp.int32)
         for step in range(shards):
             if step:
