@@ -60,7 +60,7 @@ def get_config():
         contrastive=ml_collections.ConfigDict(dict(weight=1.0, kind="siglip")),
         # matching with hard negatives (omni/matching.py); pairs: "image-text,..." or "" = every pair.
         # Off by default until its effect on the default run is measured (docs/evaluation.md).
-        itm=ml_collections.ConfigDict(dict(weight=0.0, pairs="")),
+        itm=ml_collections.ConfigDict(dict(weight=0.0, pairs="", rows=0)),
     ))
     c.data = ml_collections.ConfigDict(dict(
         path="",                 # empty = the embedded default dataset

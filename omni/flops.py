@@ -20,7 +20,8 @@ def model_flops_per_step(config) -> float:
     contrastive loss is on) and once on their concatenation (fused pass, when a masked objective
     is on); plus each modality's stem (in every pass) and reconstruction head (`stem_flops`: e.g.
     the image patch projection and pixel head, the text output layer), and the contrastive
-    projections. With matching (loss.itm), three fused passes per trained pair (omni.matching).
+    projections. With matching (loss.itm), three fused passes per trained pair on loss.itm.rows rows
+    of the batch (omni.matching).
     """
     m = config.model
     width, hidden = m.width, m.width * m.mlp_ratio
@@ -41,14 +42,18 @@ def model_flops_per_step(config) -> float:
     if masked:  # the fused pass and the reconstruction heads
         forward += transformer(sum(lengths.values()))
         forward += sum(embed + head for embed, head in stems.values())
-    if "itm" in weights:  # per pair: the positive and two hard-negative fused passes, and the head
+    matched = 0.0
+    if "itm" in weights:  # per pair: the positive and two hard-negative fused passes, and the head,
+        # on loss.itm.rows rows of the batch (all of it when 0)
         pairs = registry.itm_pairs(config, list(config.modalities.keys()))
-        forward += sum(3 * (transformer(lengths[a] + lengths[b]) + 2 * width) for a, b in pairs)
+        matched = sum(3 * (transformer(lengths[a] + lengths[b]) + 2 * width) for a, b in pairs)
         if not contrastive:  # the embeddings the negatives are mined from
             forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
         used = {n for pair in pairs for n in pair}
         forward += sum(stems[n][0] for n in used)  # the matching passes' clean tokens
-    return 3.0 * forward * config.train.batch_size
+    batch = config.train.batch_size
+    matched_rows = int(config.loss.get("itm", {}).get("rows", 0)) or batch
+    return 3.0 * (forward * batch + matched * matched_rows)
 
 
 def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10,

@@ -19,12 +19,15 @@ at a time, as for the chunked SigLIP loss: nothing grows with the global batch.
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from omni.modalities.registry import itm_pairs
-from omni.parallel import batch_mesh_axes
+from omni.parallel import batch_mesh_axes, batch_shards
 
 
 def content_fingerprint(batch: dict, name: str) -> jax.Array:
@@ -57,10 +60,32 @@ def _block_scores(za, zb, scale, key, rows, cols, fp_rows, fp_cols, row_ok, col_
     return jnp.where(allowed, scores, -jnp.inf)
 
 
-def _nothing_picked(za, tokens_b, valid_b):
+class Queries(NamedTuple):
+    """The rows that each need a negative: their embedding, the fingerprint of their positive's
+    content (a candidate with the same content is never drawn), whether they score, global ids."""
+    z: jax.Array
+    fingerprint: jax.Array
+    ok: jax.Array
+    ids: jax.Array
+
+
+class Candidates(NamedTuple):
+    """The rows a negative is drawn from: embedding, content fingerprint, whether drawable, the
+    tokens (and token-valid mask) a drawn negative brings to the fused pass, global ids."""
+    z: jax.Array
+    fingerprint: jax.Array
+    ok: jax.Array
+    tokens: jax.Array
+    valid: jax.Array
+    ids: jax.Array
+
+
+def _nothing_picked(queries, candidates):
     """The running best before any candidate: score -inf, index 0, empty tokens."""
-    return (jnp.full(za.shape[0], -jnp.inf), jnp.zeros(za.shape[0], jnp.int32),
-            jnp.zeros_like(tokens_b), jnp.zeros_like(valid_b))
+    n = queries.z.shape[0]
+    return (jnp.full(n, -jnp.inf), jnp.zeros(n, jnp.int32),
+            jnp.zeros((n,) + candidates.tokens.shape[1:], candidates.tokens.dtype),
+            jnp.zeros((n,) + candidates.valid.shape[1:], candidates.valid.dtype))
 
 
 def _pick(best, scores, tokens, valid):
@@ -73,46 +98,61 @@ def _pick(best, scores, tokens, valid):
     return (jnp.where(better, top, score), pick(j, index), pick(tokens[j], best_tokens), pick(valid[j], best_valid))
 
 
-def sample_negatives(za, zb, scale, key, fp, row_ok, col_ok, tokens_b, valid_b, global_rows):
-    """For every row i: the tokens of a b_j drawn ~ softmax_j(scale za_i.zb_j) among allowed j
-    (col_ok[j], fp[j] != fp[i]). Returns (tokens [B, L, D], token-valid [B, L], found [B]: a
-    candidate existed, chosen global index [B])."""
-    init = _nothing_picked(za, tokens_b, valid_b)
-    scores = _block_scores(za, zb, scale, key, global_rows, global_rows, fp, fp, row_ok, col_ok)
-    score, index, tokens, valid = _pick(init, scores, tokens_b, valid_b)
-    return tokens, valid, jnp.isfinite(score), global_rows[index]
-
-
-def sample_negatives_sharded(za, zb, scale, key, fp, row_ok, col_ok, tokens_b, valid_b):
-    """`sample_negatives` on a batch sharded over the mesh's batch axes: the candidates circle the
-    ring; the draw equals the unsharded one (same Gumbel noise per global (i, j))."""
-    axes = batch_mesh_axes()
-    rows_global = jnp.arange(za.shape[0], dtype=jnp.int32)
-    if not axes:
-        return sample_negatives(za, zb, scale, key, fp, row_ok, col_ok, tokens_b, valid_b, rows_global)
-    mesh = jax.sharding.get_abstract_mesh()
-    shards = 1
-    for a in axes:
-        shards *= mesh.shape[a]
+def _draw_around_ring(queries, candidates, scale, key, axes=(), shards=1):
+    """Every block of candidates visits the queries once (passed around the ring of `shards`
+    devices when sharded); the best s_ij + g_ij wins."""
     ring = [(i, (i + 1) % shards) for i in range(shards)]
+    best = _nothing_picked(queries, candidates)
+    chosen = jnp.zeros(queries.z.shape[0], jnp.int32)
+    visiting = candidates
+    for step in range(shards):
+        if step:
+            visiting = jax.lax.ppermute(visiting, axes, ring)
+        scores = _block_scores(queries.z, visiting.z, scale, key, queries.ids, visiting.ids,
+                               queries.fingerprint, visiting.fingerprint, queries.ok, visiting.ok)
+        before = best[0]
+        best = _pick(best, scores, visiting.tokens, visiting.valid)
+        chosen = jnp.where(best[0] > before, visiting.ids[best[1]], chosen)
+    return best[2], best[3], jnp.isfinite(best[0]), chosen
 
-    def local(za, zb, fp_rows, row_ok, col_ok, tokens_b, valid_b, rows, scale, key):
-        visiting = (zb, fp_rows, col_ok, tokens_b, valid_b, rows)
-        best = _nothing_picked(za, tokens_b, valid_b)
-        chosen = jnp.zeros(za.shape[0], jnp.int32)
-        for step in range(shards):
-            if step:
-                visiting = jax.lax.ppermute(visiting, axes, ring)
-            zb_c, fp_c, ok_c, tokens_c, valid_c, rows_c = visiting
-            scores = _block_scores(za, zb_c, scale, key, rows, rows_c, fp_rows, fp_c, row_ok, ok_c)
-            before = best[0]
-            best = _pick(best, scores, tokens_c, valid_c)
-            chosen = jnp.where(best[0] > before, rows_c[best[1]], chosen)
-        return best[2], best[3], jnp.isfinite(best[0]), chosen
 
+def sample_negatives(queries: Queries, candidates: Candidates, scale, key):
+    """For every query i: the tokens of a candidate j drawn ~ softmax_j(scale z_i.z_j) among the
+    allowed j (ok, fingerprint differs from the query's). Returns (tokens [Q, L, D], token-valid
+    [Q, L], found [Q]: a candidate existed, chosen global id [Q]). On a batch sharded over the
+    mesh's batch axes the candidates circle the ring, and the draw equals the unsharded one (the
+    same Gumbel noise per global (i, j))."""
+    axes = batch_mesh_axes()
+    if not axes:
+        return _draw_around_ring(queries, candidates, scale, key)
     spec = P(axes)
-    return jax.shard_map(local, in_specs=(spec,) * 8 + (P(), P()), out_specs=(spec,) * 4, check_vma=False)(
-        za, zb, fp, row_ok, col_ok, tokens_b, valid_b, rows_global, scale, key)
+    draw = functools.partial(_draw_around_ring, axes=axes, shards=batch_shards())
+    return jax.shard_map(draw, in_specs=(Queries(*[spec] * 4), Candidates(*[spec] * 6), P(), P()),
+                         out_specs=(spec,) * 4, check_vma=False)(queries, candidates, scale, key)
+
+
+def _first_kept(arrays, keep, rows):
+    """The first `rows` rows where `keep` (then rows that are not kept, to fill up), and which of
+    them are kept."""
+    order = jnp.argsort(jnp.logical_not(keep), stable=True)[:rows]
+    return [x[order] for x in arrays], keep[order]
+
+
+def pack_rows(arrays, keep, rows: int):
+    """Each batch shard's first rows/shards rows where `keep`: the matching passes run on a fixed
+    `rows` of the batch instead of all of it. In the five-modality mixture a pair co-occurs in a
+    fraction of the rows, so this cuts its three fused passes to that fraction. A shard that holds
+    more kept rows than its share drops the rest (as a mixture-of-experts layer drops tokens past
+    its capacity); only then does the choice depend on the mesh. rows = 0 keeps the batch."""
+    if rows <= 0:
+        return list(arrays), keep
+    axes = batch_mesh_axes()
+    if not axes:
+        return _first_kept(arrays, keep, rows)
+    spec = P(axes)
+    local = functools.partial(_first_kept, rows=rows // batch_shards())
+    return jax.shard_map(local, in_specs=([spec] * len(arrays), spec), out_specs=([spec] * len(arrays), spec),
+                         check_vma=False)(list(arrays), keep)
 
 
 def matching_logits(model, a, block_a, b, block_b):
@@ -131,25 +171,31 @@ def binary_cross_entropy(pos_logits, pos_weight, neg_logits, neg_weight):
 
 def matching_losses(model, batch, embeddings, rng, config) -> dict[str, jax.Array]:
     """{"a-b": matching loss} for every trained pair, negatives mined from `embeddings` (the
-    contrastive pass's normalised embeddings)."""
+    contrastive pass's normalised embeddings), on each pair's first loss.itm.rows co-occurring rows."""
     pairs = itm_pairs(config, model.modality_names)
     names = sorted({n for pair in pairs for n in pair})   # only the modalities some pair uses
     tokens = {n: model.stems[n].embed(batch, model.dtype) for n in names}
-    present = {n: batch[f"{n}/present"] for n in names}
     fingerprints = {n: content_fingerprint(batch, n) for n in names}
+    ids = jnp.arange(batch[f"{names[0]}/present"].shape[0], dtype=jnp.int32) if names else None
     scale = jax.lax.stop_gradient(jnp.exp(model.logit_scale[...]))
+    rows = int(config.loss.itm.get("rows", 0))
     losses = {}
     for index, (a, b) in enumerate(pairs):
-        both = present[a] & present[b]
+        both = batch[f"{a}/present"] & batch[f"{b}/present"]
+        (ta, va, tb, vb, za, zb, fa, fb, own), kept = pack_rows(
+            (*tokens[a], *tokens[b], embeddings[a], embeddings[b], fingerprints[a], fingerprints[b], ids),
+            both, rows)
         key = jax.random.fold_in(rng, 1000 + index)
-        neg_b = sample_negatives_sharded(embeddings[a], embeddings[b], scale, jax.random.fold_in(key, 0),
-                                         fingerprints[b], both, both, *tokens[b])
-        neg_a = sample_negatives_sharded(embeddings[b], embeddings[a], scale, jax.random.fold_in(key, 1),
-                                         fingerprints[a], both, both, *tokens[a])
-        positive = matching_logits(model, a, (*tokens[a], present[a]), b, (*tokens[b], present[b]))
-        with_neg_b = matching_logits(model, a, (*tokens[a], present[a]), b, (neg_b[0], neg_b[1], neg_b[2]))
-        with_neg_a = matching_logits(model, a, (neg_a[0], neg_a[1], neg_a[2]), b, (*tokens[b], present[b]))
-        weight = both.astype(jnp.float32)
+        neg_b = sample_negatives(Queries(za, fb, kept, own),
+                                 Candidates(embeddings[b], fingerprints[b], both, *tokens[b], ids),
+                                 scale, jax.random.fold_in(key, 0))
+        neg_a = sample_negatives(Queries(zb, fa, kept, own),
+                                 Candidates(embeddings[a], fingerprints[a], both, *tokens[a], ids),
+                                 scale, jax.random.fold_in(key, 1))
+        positive = matching_logits(model, a, (ta, va, kept), b, (tb, vb, kept))
+        with_neg_b = matching_logits(model, a, (ta, va, kept), b, neg_b[:3])
+        with_neg_a = matching_logits(model, a, neg_a[:3], b, (tb, vb, kept))
+        weight = kept.astype(jnp.float32)
         losses[f"{a}-{b}"] = binary_cross_entropy(
             positive, weight, jnp.concatenate([with_neg_b, with_neg_a]),
             jnp.concatenate([weight * neg_b[2], weight * neg_a[2]]))

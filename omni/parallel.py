@@ -82,6 +82,12 @@ def batch_mesh_axes() -> tuple[str, ...]:
     return tuple(a for a in ("data", "fsdp") if a in mesh.axis_names and mesh.shape[a] > 1)
 
 
+def batch_shards() -> int:
+    """How many pieces the batch is split into in the current mesh context (1 if none)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return math.prod(mesh.shape[a] for a in batch_mesh_axes())
+
+
 def loop_collectives_are_ordered(mesh: Mesh) -> bool:
     """Whether collectives inside a while loop run in the same order, relative to the collectives
     outside it, on every device of `mesh`.

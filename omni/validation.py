@@ -37,6 +37,11 @@ def validate(config, num_devices: int) -> None:
         if names and (len(names) != 2 or any(n not in config.modalities for n in names)):
             raise ConfigError(f"loss.itm.pairs: '{pair.strip()}' is not two configured modalities joined by '-' "
                               f"(configured: {', '.join(config.modalities.keys())})")
+    rows = int(config.loss.get("itm", {}).get("rows", 0))
+    if rows < 0 or rows > batch or rows % (data * fsdp):
+        raise ConfigError(f"loss.itm.rows={rows}: the rows per pair that matching scores must be 0 (the whole "
+                          f"batch) or at most train.batch_size={batch} and divisible by the data-parallel "
+                          f"size mesh.data*mesh.fsdp={data * fsdp}")
     if config.loss.contrastive.kind not in ("siglip", "infonce"):
         raise ConfigError(f"loss.contrastive.kind='{config.loss.contrastive.kind}': use siglip or infonce")
     if config.model.dtype not in ("float32", "bfloat16"):

@@ -20,9 +20,10 @@ from tests.conftest import SMALL
 def run(steps: int, shape: str) -> dict:
     data, fsdp, tensor = shape.split("x")
     overrides = [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}",
-                 # matching on: its hard negatives are mined around the device ring and must not
-                 # depend on the mesh
-                 "--config.loss.itm.weight=0.5"]
+                 # matching on: its rows are packed per shard and its hard negatives are mined
+                 # around the device ring, and neither may depend on the mesh (rows = the batch:
+                 # no shard holds more pairs than its share)
+                 "--config.loss.itm.weight=0.5", "--config.loss.itm.rows=8"]
     config = config_lib.load_config(None, SMALL + overrides)
     validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))

@@ -27,8 +27,9 @@ def draw(key, za, zb, fp, ok, scale=1.0):
     n = za.shape[0]
     tokens = jnp.arange(n, dtype=jnp.float32).reshape(n, 1, 1)
     token_valid = jnp.ones((n, 1), bool)
-    rows = jnp.arange(n, dtype=jnp.int32)
-    out_tokens, _, found, chosen = matching.sample_negatives(za, zb, scale, key, fp, ok, ok, tokens, token_valid, rows)
+    ids = jnp.arange(n, dtype=jnp.int32)
+    out_tokens, _, found, chosen = matching.sample_negatives(
+        matching.Queries(za, fp, ok, ids), matching.Candidates(zb, fp, ok, tokens, token_valid, ids), scale, key)
     assert np.array_equal(np.asarray(out_tokens[:, 0, 0]).astype(int)[np.asarray(found)],
                           np.asarray(chosen)[np.asarray(found)])
     return np.asarray(chosen), np.asarray(found)
@@ -42,8 +43,10 @@ def test_sampler_never_returns_the_positive_or_a_duplicate_and_follows_softmax()
     fp = jnp.array([10, 11, 12, 13, 12, 15], jnp.int32)
     ok = jnp.array([True, True, True, True, True, False])
     def chosen(key):
-        return matching.sample_negatives(za, zb, 2.0, key, fp, ok, ok, jnp.zeros((6, 1, 1)), jnp.ones((6, 1), bool),
-                                         jnp.arange(6, dtype=jnp.int32))[3]
+        ids = jnp.arange(6, dtype=jnp.int32)
+        return matching.sample_negatives(matching.Queries(za, fp, ok, ids),
+                                         matching.Candidates(zb, fp, ok, jnp.zeros((6, 1, 1)), jnp.ones((6, 1), bool), ids),
+                                         2.0, key)[3]
     sample = jax.jit(jax.vmap(chosen))
     draws = np.asarray(sample(jax.random.split(jax.random.key(0), 4000)))   # [4000, 6]
     for i in range(5):
@@ -95,3 +98,15 @@ def test_reranking_with_an_oracle_puts_the_right_target_first():
     reranked = reranked_similarity(similarity, 3, oracle)
     rest = np.argsort(-reranked, axis=1, kind="stable")[:, 3:]
     assert np.array_equal(rest, np.argsort(-similarity, axis=1, kind="stable")[:, 3:])
+
+
+def test_packing_keeps_the_first_rows_holding_both_and_marks_the_filler():
+    both = jnp.array([False, True, False, True, True, False, True, False])
+    values = jnp.arange(8) * 10
+    (packed,), kept = matching.pack_rows((values,), both, 3)
+    assert np.asarray(packed).tolist() == [10, 30, 40] and np.asarray(kept).all()
+    (packed,), kept = matching.pack_rows((values,), both, 6)   # 4 rows hold both: 2 fillers, not kept
+    assert np.asarray(packed)[:4].tolist() == [10, 30, 40, 60]
+    assert np.asarray(kept).tolist() == [True] * 4 + [False] * 2
+    (packed,), kept = matching.pack_rows((values,), both, 0)   # 0: the whole batch, as it is
+    assert np.asarray(packed).tolist() == np.asarray(values).tolist() and np.array_equal(kept, both)
