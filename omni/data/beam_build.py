@@ -1,6 +1,6 @@
 """The Beam pipeline of `omni data build`: work items -> array_record shards, streamed.
 
-    Create(work items) | Reshuffle | ParDo(BuildShard)
+    Create(work items) | Reshuffle | FlatMap(build_item)
 
 Each work item (a tar shard, a block of manifest lines) is read, checked sample by sample
 (omni.data.samples: each modality's decode check) and written by one worker straight into its own
@@ -30,8 +30,8 @@ import os
 
 class _WithoutApitoolsWarning(logging.Filter):
     """Beam's BigQuery client module logs "apitools not found ..." on the root logger when it is
-    imported without Beam's GCP extras. omni never uses BigQuery, and every `omni` command imports
-    this module (through the CLI), so that one message is dropped; nothing else is."""
+    imported without Beam's GCP extras. omni never uses BigQuery, so that one message is dropped;
+    nothing else is."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("apitools not found")
@@ -39,16 +39,14 @@ class _WithoutApitoolsWarning(logging.Filter):
 
 logging.getLogger().addFilter(_WithoutApitoolsWarning())
 
-import apache_beam as beam  # noqa: E402 -- after the filter above
-from array_record.python.array_record_module import ArrayRecordWriter
-from apache_beam.options.pipeline_options import PipelineOptions
-from etils import epath
+from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
+from etils import epath  # noqa: E402
 
-from omni.data import records, sources
-from omni.data.rejects import METRICS_NAMESPACE, BuildStopped
-from omni.data.samples import KEPT, Options
+from omni.data import records, sources  # noqa: E402
+from omni.data.parts import DIRECT, part_name  # noqa: E402
+from omni.data.rejects import METRICS_NAMESPACE, BuildStopped  # noqa: E402
+from omni.data.samples import KEPT, Options  # noqa: E402
 
-DIRECT = "DirectRunner"
 QUIET_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service",
                  "apache_beam.runners.worker.sdk_worker")
 
@@ -56,6 +54,10 @@ QUIET_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.portability.
 def pipeline_options(runner: str | None, workers: int, options: list[str]) -> PipelineOptions:
     """Beam options: the DirectRunner with `workers` processes, or the named runner; every
     `KEY=VALUE` of `options` is passed on as --KEY=VALUE."""
+    # deferred (here and below): Apache Beam takes over a second to import, and every `omni`
+    # command imports this module through the CLI; only a build needs Beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
     flags = [f"--runner={runner or DIRECT}"]
     if (runner or DIRECT) in (DIRECT, "BundleBasedDirectRunner"):
         mode = "multi_processing" if workers > 1 else "in_memory"
@@ -72,76 +74,64 @@ def pipeline_options(runner: str | None, workers: int, options: list[str]) -> Pi
     return PipelineOptions(flags)
 
 
-def part_name(kind: str, index: int, split: str = "") -> str:
-    """Names of a work item's files in the build's scratch folder."""
-    return {"split": f"{split}-{index:06d}.array_record", "rejects": f"rejects-{index:06d}.jsonl",
-            "done": f"done-{index:06d}.json"}[kind]
-
-
-class BuildShard(beam.DoFn):
+def build_item(item: sources.WorkItem, scratch: str, options: Options, strict: bool):
     """One work item -> its split files, its rejects and its summary (yielded as well)."""
+    from apache_beam.metrics import Metrics  # deferred: see pipeline_options
 
-    def __init__(self, scratch: str, options: Options, strict: bool):
-        self.scratch, self.options, self.strict = scratch, options, strict
+    def count(name: str, value: int = 1):
+        Metrics.counter(METRICS_NAMESPACE, name).inc(value)
 
-    def setup(self):
-        self.encode = records.RecordEncoder()
-        self.counters = {}
-
-    def _count(self, name: str, value: int = 1):
-        if name not in self.counters:
-            self.counters[name] = beam.metrics.Metrics.counter(METRICS_NAMESPACE, name)
-        self.counters[name].inc(value)
-
-    def process(self, item: sources.WorkItem):
-        scratch = epath.Path(self.scratch)
-        writers, counts, sizes, reasons = {}, {}, {}, {}
-        dropped = rejected = 0
-        rejects_path = scratch / part_name("rejects", item.index)
-        try:
-            with rejects_path.open("w") as rejects:
-                for outcome in sources.read(item, self.options):
-                    dropped += outcome.dropped_fields
-                    for reject in outcome.rejects:
-                        if self.strict and reject.stops_a_strict_build():
-                            raise BuildStopped(dataclasses.replace(reject, detail=reject.detail.removesuffix(KEPT)))
-                        rejects.write(reject.line() + "\n")
-                        reasons[reject.reason] = reasons.get(reject.reason, 0) + 1
-                        self._count(reject.reason)
-                    if outcome.record is None:
-                        rejected += bool(outcome.rejects)
-                        continue
-                    split = outcome.split
-                    if split not in writers:
-                        writers[split] = ArrayRecordWriter(os.fspath(scratch / part_name("split", item.index, split)),
-                                                           "group_size:1")
-                    data = self.encode(outcome.record)
-                    writers[split].write(data)
-                    counts[split] = counts.get(split, 0) + 1
-                    sizes[split] = sizes.get(split, 0) + len(data)
-                    self._count("samples")
-        finally:
-            for writer in writers.values():
-                writer.close()
-        self._count("rejected_samples", rejected)
-        summary = {"index": item.index, "name": item.name(), "counts": counts, "bytes": sizes,
-                   "reasons": reasons, "rejected": rejected, "dropped_fields": dropped}
-        done = scratch / part_name("done", item.index)
-        partial = scratch / (done.name + ".partial")
-        partial.write_text(json.dumps(summary))
-        partial.rename(done)  # appears whole: the progress line reads it
-        yield summary
+    encode = records.RecordEncoder()
+    scratch = epath.Path(scratch)
+    writers, counts, sizes, reasons = {}, {}, {}, {}
+    dropped = rejected = 0
+    rejects_path = scratch / part_name("rejects", item.index)
+    try:
+        with rejects_path.open("w") as rejects:
+            for outcome in sources.read(item, options):
+                dropped += outcome.dropped_fields
+                for reject in outcome.rejects:
+                    if strict and reject.stops_a_strict_build():
+                        raise BuildStopped(dataclasses.replace(reject, detail=reject.detail.removesuffix(KEPT)))
+                    rejects.write(reject.line() + "\n")
+                    reasons[reject.reason] = reasons.get(reject.reason, 0) + 1
+                    count(reject.reason)
+                if outcome.record is None:
+                    rejected += bool(outcome.rejects)
+                    continue
+                split = outcome.split
+                if split not in writers:
+                    writers[split] = ArrayRecordWriter(os.fspath(scratch / part_name("split", item.index, split)),
+                                                       "group_size:1")
+                data = encode(outcome.record)
+                writers[split].write(data)
+                counts[split] = counts.get(split, 0) + 1
+                sizes[split] = sizes.get(split, 0) + len(data)
+                count("samples")
+    finally:
+        for writer in writers.values():
+            writer.close()
+    count("rejected_samples", rejected)
+    summary = {"index": item.index, "name": item.name(), "counts": counts, "bytes": sizes,
+               "reasons": reasons, "rejected": rejected, "dropped_fields": dropped}
+    done = scratch / part_name("done", item.index)
+    partial = scratch / (done.name + ".partial")
+    partial.write_text(json.dumps(summary))
+    partial.rename(done)  # appears whole: the progress line reads it
+    yield summary
 
 
 def run(items: list[sources.WorkItem], scratch: str, options: Options, strict: bool,
         beam_options: PipelineOptions) -> dict[str, int]:
     """Run the pipeline over `items` into `scratch`; returns the Beam counters (reason -> count)
     as the runner reports them (empty where it reports none)."""
+    import apache_beam as beam  # deferred: see pipeline_options
+
     pipeline = beam.Pipeline(options=beam_options)
     _ = (pipeline
          | "WorkItems" >> beam.Create(items)
          | "Spread" >> beam.Reshuffle()
-         | "Build" >> beam.ParDo(BuildShard(scratch, options, strict)))
+         | "Build" >> beam.FlatMap(build_item, scratch, options, strict))
     # The runner logs a failing DoFn's traceback (its own, and the workers' it relays) before it
     # raises the error; the raised error is enough, and the CLI turns a bad sample into one line.
     quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]

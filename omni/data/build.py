@@ -19,6 +19,7 @@ import traceback
 from etils import epath
 
 from omni.data import beam_build, records
+from omni.data.parts import DIRECT, part_name
 from omni.data.progress import Progress
 from omni.data.rejects import BuildStopped, Reject
 from omni.data.samples import EXTENSIONS, SPLIT_NAME, Options
@@ -46,7 +47,7 @@ def _place_shards(scratch: epath.Path, dataset: epath.Path, summaries: list[dict
     version_dir.mkdir(parents=True, exist_ok=True)
     for split, parts in splits.items():
         for position, (index, _, _) in enumerate(parts):
-            source = scratch / beam_build.part_name("split", index, split)
+            source = scratch / part_name("split", index, split)
             source.rename(records.shard_path(version_dir, split, position, len(parts)))
     return {split: ([count for _, count, _ in parts], sum(size for _, _, size in parts))
             for split, parts in splits.items()}
@@ -57,7 +58,7 @@ def _gather_rejects(scratch: epath.Path, summaries: list[dict], out: epath.Path,
     printed = total = 0
     with (out / "rejects.jsonl").open("w") as gathered:
         for summary in summaries:
-            part = scratch / beam_build.part_name("rejects", summary["index"])
+            part = scratch / part_name("rejects", summary["index"])
             with part.open("r") as lines:
                 for line in lines:
                     gathered.write(line)
@@ -108,7 +109,7 @@ def build(sources, out_dir, *, workers: int | None = None, split: str | None = N
                     raise
                 raise ManifestError(reject.message()) from None
         seconds = time.monotonic() - started
-        summaries = [json.loads((scratch / beam_build.part_name("done", item.index)).read_text()) for item in items]
+        summaries = [json.loads((scratch / part_name("done", item.index)).read_text()) for item in items]
         _gather_rejects(scratch, summaries, out, log)
         if not any(summary["counts"] for summary in summaries):
             raise ManifestError(f"{' '.join(sources)}: no usable records (see {out / 'rejects.jsonl'})")
@@ -131,5 +132,5 @@ def build(sources, out_dir, *, workers: int | None = None, split: str | None = N
             "samples": samples, "rejected": rejected, "skipped_lines": rejected,
             "dropped_fields": sum(summary["dropped_fields"] for summary in summaries),
             "rejects": dict(sorted(reasons.items())), "beam_counters": dict(sorted(counters.items())),
-            "shards": len(items), "workers": workers, "runner": beam_runner or beam_build.DIRECT,
+            "shards": len(items), "workers": workers, "runner": beam_runner or DIRECT,
             "seconds": round(seconds, 2), "samples_per_s": round(samples / max(seconds, 1e-9), 1)}
