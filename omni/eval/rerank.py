@@ -9,6 +9,7 @@ import numpy as np
 from omni.data import pipeline
 from omni.eval.embedding import ListSource, check_modality, embed_all
 from omni.eval.retrieval import RECALL_AT, chance_recall, paired_rows, recall_at_k
+from omni.modalities.registry import itm_pairs
 
 
 def reranked_similarity(similarity: np.ndarray, k: int, match_scores) -> np.ndarray:
@@ -69,6 +70,10 @@ def retrieval_with_rerank(setup, params, source, config, assets, query: str, tar
         raise ValueError("--rerank needs a run trained with the matching head (loss.itm.weight > 0)")
     for name in (query, target):
         check_modality(config, name)
+    trained = itm_pairs(config, list(config.modalities.keys()))
+    if not any({query, target} == set(pair) for pair in trained):
+        raise ValueError(f"--rerank: the matching head was not trained on {query}-{target} "
+                         f"(trained: {', '.join('-'.join(p) for p in trained)}; see loss.itm.pairs)")
     embedded = embed_all(setup, params, source, config, assets, [query, target], max_examples)
     (zq, rq), (zt, rt) = embedded[query], embedded[target]
     rows, cols, correct = paired_rows(rq, rt, target)
