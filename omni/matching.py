@@ -8,7 +8,9 @@ contrastive similarities s_ij = exp(t) za_i.zb_j, and for every b_i an a_j the s
 candidate whose content equals the positive's (j = i, or an identical caption) is never drawn.
 The loss is binary cross-entropy over positives and negatives:
     L = (sum_pos softplus(-l) + sum_neg softplus(l)) / (n_pos + n_neg)
-(softplus(-l) = -log sigmoid(l)). Rows where a or b is absent score nothing.
+(softplus(-l) = -log sigmoid(l)). Rows where a or b is absent score nothing. With
+loss.itm.rows > 0 the passes run on that many of the pair's co-occurring rows (`pack_rows`), not
+on the whole batch: in a mixture of modalities a pair co-occurs in only part of it.
 
 Sampling is the Gumbel-max trick, argmax_j (s_ij + g_ij), with g_ij drawn from a key folded with
 the GLOBAL indices (i, j): the draw does not depend on how the batch is sharded. On a sharded
