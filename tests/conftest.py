@@ -59,10 +59,11 @@ def default_data():
 
 
 
-# The slowest files first: `pytest -n auto --dist loadfile` hands out files in collection order,
-# so a slow file collected last (test_slurm.py, alphabetically) ran alone at the end while the
-# other worker sat idle. Longest first is the classic greedy schedule. Seconds per file from
-# `pytest --durations=0` on a cold cache (2026-11-30); the rest keep their order after these.
+# The slowest files first. By default pytest-xdist's loadfile hands out the files with the most
+# tests first, so the slow files with few tests (test_slurm.py, test_parallel.py) ran alone at the
+# end while the other worker sat idle. With --no-loadscope-reorder (pyproject.toml) it follows
+# this order instead: longest first, the classic greedy schedule. The order comes from
+# `pytest --durations=0` on a cold cache (2026-11-30); the other files keep theirs after these.
 SLOWEST_FIRST = ["test_parallel.py", "test_slurm.py", "test_multiprocess.py", "test_bad_inputs.py",
                  "test_faults.py", "test_precision.py", "test_train.py", "test_scaling.py", "test_export.py",
                  "test_model.py", "test_mup.py", "test_data_build.py", "test_bench.py"]
