@@ -58,17 +58,3 @@ def default_data():
     return ensure_default_dataset()
 
 
-
-# The slowest files first. By default pytest-xdist's loadfile hands out the files with the most
-# tests first, so the slow files with few tests (test_slurm.py, test_parallel.py) ran alone at the
-# end while the other worker sat idle. With --no-loadscope-reorder (pyproject.toml) it follows
-# this order instead: longest first, the classic greedy schedule. The order comes from
-# `pytest --durations=0` on a cold cache (2026-11-30); the other files keep theirs after these.
-SLOWEST_FIRST = ["test_parallel.py", "test_slurm.py", "test_multiprocess.py", "test_bad_inputs.py",
-                 "test_faults.py", "test_precision.py", "test_train.py", "test_scaling.py", "test_export.py",
-                 "test_model.py", "test_mup.py", "test_data_build.py", "test_bench.py"]
-
-
-def pytest_collection_modifyitems(items):
-    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).name, len(SLOWEST_FIRST)))
