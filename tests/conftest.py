@@ -57,4 +57,3 @@ def default_data():
     from omni.data.default import ensure_default_dataset
     return ensure_default_dataset()
 
-
