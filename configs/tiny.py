@@ -58,8 +58,10 @@ def get_config():
         msm=ml_collections.ConfigDict(dict(weight=0.5, mask_ratio=0.5)),          # masked smell
         mmm=ml_collections.ConfigDict(dict(weight=0.5)),
         contrastive=ml_collections.ConfigDict(dict(weight=1.0, kind="siglip")),
-        # matching with hard negatives (omni/matching.py); pairs: "image-text,..." or "" = every pair.
-        # Off by default until its effect on the default run is measured (docs/evaluation.md).
+        # matching with hard negatives (omni/matching.py); pairs: "image-text,..." or "" = every pair;
+        # rows: each pair's co-occurring rows scored per step (0 = the whole batch). Off by default:
+        # with rows=8 a step took 1.26x as long, and re-ranking did not reach 1.3x
+        # (docs/evaluation.md).
         itm=ml_collections.ConfigDict(dict(weight=0.0, pairs="", rows=0)),
     ))
     c.data = ml_collections.ConfigDict(dict(

@@ -54,6 +54,8 @@ def test_bad_overrides(override, message):
     (["--config.model.heads=3"], 1, "not divisible by model.heads"),
     (["--config.modalities.image.patch=7"], 1, "modalities.image.size"),
     (["--config.loss.contrastive.kind=hinge"], 1, "siglip or infonce"),
+    (["--config.loss.itm.rows=100"], 1, "loss.itm.rows=100"),                        # over the batch of 64
+    (["--config.loss.itm.rows=6", "--config.mesh.data=4"], 4, "loss.itm.rows=6"),     # 6 rows on 4 shards
 ])
 def test_validation_errors(overrides, devices, message):
     config = load_config(None, overrides)
