@@ -68,8 +68,8 @@ def test_bf16_train_step_runs_and_tracks_f32():
         with jax.set_mesh(mesh):
             step = setup.compile_train_step()
             batch = synthetic_batch(config, setup)
-            state, _ = step(setup.init_state(), batch)  # warmup lr is 0 at step 0
-            state, metrics = step(state, batch)
+            state, _ = step(setup.init_state(), batch, setup.step_args)  # warmup lr is 0 at step 0
+            state, metrics = step(state, batch, setup.step_args)
         assert int(metrics["skipped"]) == 0
         losses[dtype, residual] = float(metrics["loss"])
     reference = losses["float32", "float32"]

@@ -43,7 +43,7 @@ def coordinate_check(widths, parametrization: str, steps: int = 3, lr: float = 1
         step = setup.compile_train_step()
         with jax.set_mesh(mesh):
             for _ in range(steps):
-                state, _ = step(state, batch)
+                state, _ = step(state, batch, setup.step_args)
         sizes.append(float(jnp.mean(jnp.abs(hidden(state["params"]) - before))))
     return sizes
 

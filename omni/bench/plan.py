@@ -40,7 +40,7 @@ def plan(config) -> dict:
     mesh, setup = mesh_and_setup(config)
     started = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = setup.compile_train_step().lower(setup.abstract_state, _abstract_batch(setup)).compile()
+        compiled = setup.compile_train_step().lower(setup.abstract_state, _abstract_batch(setup), setup.step_args).compile()
     compile_s = time.perf_counter() - started
     memory = compiled.memory_analysis()
     params = _bytes_per_device(setup.abstract_state["params"])

@@ -26,20 +26,20 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
     with jax.set_mesh(mesh):
         started = time.perf_counter()
         step_fn = setup.compile_train_step()
-        compiled = step_fn.lower(state, batch).compile()
+        compiled = step_fn.lower(state, batch, setup.step_args).compile()
         compile_s = time.perf_counter() - started
         for _ in range(warmup):
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, setup.step_args)
         jax.block_until_ready(state)
         started = time.perf_counter()
         for _ in range(steps):
-            state, metrics = compiled(state, batch)
+            state, metrics = compiled(state, batch, setup.step_args)
         jax.block_until_ready(state)
         step_s = (time.perf_counter() - started) / steps
         if profile_dir:
             with jax.profiler.trace(profile_dir):
                 for _ in range(2):
-                    state, metrics = compiled(state, batch)
+                    state, metrics = compiled(state, batch, setup.step_args)
                 jax.block_until_ready(state)
     peak = measure_peak_flops(config.model.dtype)
     flops = model_flops_per_step(config)

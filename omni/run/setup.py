@@ -24,22 +24,52 @@ from omni.modalities import registry
 from omni.model import Omni
 
 
-def make_optimizer(config, params=None):
-    """AdamW with warmup + cosine and clipping; under muP (params given) the hidden matrices'
-    updates are scaled by base_width / width."""
+def step_arguments(config) -> dict:
+    """The numbers of a run that change between otherwise identical runs (the seed, and the
+    learning-rate schedule's peak, warmup, length and floor), passed to the compiled step as
+    arguments instead of baked into it as constants: a sweep over learning rates or budgets, or a
+    test suite's runs of different lengths, then compile one program and share it through the
+    persistent compilation cache."""
     t = config.train
     warmup = min(int(t.warmup_steps), int(t.steps) // 2)  # short test runs still decay
-    schedule = optax.warmup_cosine_decay_schedule(
-        init_value=0.0, peak_value=t.lr, warmup_steps=warmup,
-        decay_steps=max(int(t.steps), warmup + 1), end_value=t.lr * t.min_lr_ratio)
+    decay_steps = max(int(t.steps), warmup + 1)
+    peak, end = float(t.lr), float(t.lr) * float(t.min_lr_ratio)
+    alpha = 0.0 if peak == 0.0 else end / peak  # in float64 on the host, as optax does
+    return {"seed": np.int32(int(t.seed)), "peak_lr": np.float32(peak), "warmup_steps": np.int32(warmup),
+            "cosine_steps": np.float32(decay_steps - warmup), "alpha": np.float32(alpha),
+            "one_minus_alpha": np.float32(1.0 - alpha)}
+
+
+def learning_rate(count, args: dict):
+    """optax.warmup_cosine_decay_schedule(0, peak, warmup, decay_steps, end) with its numbers
+    taken from `step_arguments` (arrays, so traceable): a linear warmup from 0 to the peak, then
+    a cosine from the peak down to end = alpha * peak. The same float32 operations as optax's,
+    but XLA folds optax's constants (pi * count / decay becomes count * (pi / decay)), so the two
+    differ by float32 rounding (tests/test_step.py compares them)."""
+    warmup = args["warmup_steps"]
+    ramp = 1 - jnp.clip(count, 0, warmup) / jnp.maximum(warmup, 1)
+    warming = -args["peak_lr"] * ramp + args["peak_lr"]
+    since = jnp.minimum(count - warmup, args["cosine_steps"])
+    cosine = 0.5 * (1 + jnp.cos(jnp.pi * since / args["cosine_steps"]))
+    decaying = args["peak_lr"] * (args["one_minus_alpha"] * cosine + args["alpha"])
+    return jnp.where(count < warmup, warming, decaying)
+
+
+def make_optimizer(config, params=None, args: dict | None = None):
+    """AdamW with warmup + cosine (`learning_rate`) and clipping; under muP (params given) the
+    hidden matrices' updates are scaled by base_width / width. `args`: the step's arguments
+    (traced inside the step; the config's own numbers when omitted)."""
+    t = config.train
+    args = step_arguments(config) if args is None else args
     # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     tx = optax.chain(
         optax.clip_by_global_norm(t.grad_clip),
-        optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
+        optax.adamw(lambda count: learning_rate(count, args), b1=t.b1, b2=t.b2,
+                    weight_decay=t.weight_decay, mask=decay_mask))
     if mup.is_mup(config):
         tx = optax.chain(tx, mup.scale_updates(mup.learning_rate_multipliers(params, config)))
-    return tx, schedule
+    return tx
 
 
 def _set_path(tree: dict, path, value) -> None:
@@ -77,7 +107,11 @@ class Setup:
     state_shardings: dict
     abstract_state: dict
     tx: object
-    schedule: object
+    step_args: dict  # step_arguments(config): the third argument of every call of the train step
+
+    def schedule(self, step: int) -> float:
+        """The learning rate the step `step` uses (for logs)."""
+        return float(learning_rate(jnp.int32(step), self.step_args))
 
     def init_state(self):
         config = self.config
@@ -94,8 +128,12 @@ class Setup:
         return {k: parallel.batch_sharding(self.mesh, len(shape)) for k, (shape, _) in batch_spec(self.config).items()}
 
     def compile_train_step(self):
-        step_fn = make_train_step(self.config, self.graphdef, self.tx)
-        return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings()),
+        """jit of `train_step(state, batch, step_args) -> (state, metrics)`; call it with
+        `self.step_args` as the third argument."""
+        step_fn = make_train_step(self.config, self.graphdef, self.abstract_state["params"])
+        replicated = NamedSharding(self.mesh, P())
+        args_shardings = {k: replicated for k in self.step_args}
+        return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings(), args_shardings),
                        out_shardings=(self.state_shardings, None), donate_argnums=0)
 
     def embed_fn(self, name: str):
@@ -160,7 +198,7 @@ def build_setup(config, mesh) -> Setup:
     graphdef, abstract_vars = nnx.split(abstract_model)
     shardings = param_shardings(abstract_vars, mesh)
     abstract_params = nnx.to_pure_dict(abstract_vars)
-    tx, schedule = make_optimizer(config, abstract_params)
+    tx = make_optimizer(config, abstract_params)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, P())
     opt_shardings = optax.tree_map_params(
@@ -170,14 +208,13 @@ def build_setup(config, mesh) -> Setup:
     abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
                       "opt_state": abstract_opt, "bad_steps": jax.ShapeDtypeStruct((), jnp.int32)}
     return Setup(config, mesh, graphdef, state_shardings, abstract_like(abstract_state, state_shardings),
-                 tx, schedule)
+                 tx, step_arguments(config))
 
 
-def make_train_step(config, graphdef, tx):
-    seed = int(config.train.seed)
-
-    def train_step(state, batch):
-        rng = jax.random.fold_in(jax.random.key(seed), state["step"])
+def make_train_step(config, graphdef, abstract_params):
+    def train_step(state, batch, args):
+        tx = make_optimizer(config, abstract_params, args)
+        rng = jax.random.fold_in(jax.random.key(args["seed"]), state["step"])
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)

@@ -73,7 +73,7 @@ def compiled_step_flops(config) -> dict:
     out = {}
     mesh, setup = mesh_and_setup(config)
     with jax.set_mesh(mesh):
-        lowered = setup.compile_train_step().lower(setup.abstract_state, abstract_batch(setup))
+        lowered = setup.compile_train_step().lower(setup.abstract_state, abstract_batch(setup), setup.step_args)
         out["xla_flops_per_step"] = flops_of(lowered.compile().cost_analysis())
     if config.model.get("scan_layers", False) and int(config.model.depth) > 1:
         unrolled = config.copy_and_resolve_references()
@@ -81,7 +81,7 @@ def compiled_step_flops(config) -> dict:
             unrolled.model.scan_layers = False
         mesh, setup = mesh_and_setup(unrolled)
         with jax.set_mesh(mesh):
-            lowered = setup.compile_train_step().lower(setup.abstract_state, abstract_batch(setup))
+            lowered = setup.compile_train_step().lower(setup.abstract_state, abstract_batch(setup), setup.step_args)
             out["hlo_unrolled_flops_per_step"] = flops_of(lowered.cost_analysis())
         out["xla_note"] = ("model.scan_layers: XLA counts the scanned layer once; "
                            "hlo_unrolled_flops_per_step counts every layer (pre-optimisation HLO)")

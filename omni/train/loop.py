@@ -148,7 +148,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                 skipped_examples += len(problems)
                 batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
                          for k, v in local_batch.items()}
-                state, metrics = train_step(state, batch)
+                state, metrics = train_step(state, batch, setup.step_args)
                 bad_steps.check(metrics, checkpoints)
                 window_steps += 1
                 done = step + 1
