@@ -292,16 +292,21 @@ def test_lr_transfer_interpolates_on_the_log_grid(tmp_path):
     assert edge["at_edge"] and edge["lr"] == lrs[-1]
     # a sweep directory: SP's best lr halves per doubling of width, muP's stays; muP's base width
     # (16) is not run: SP's curve there serves both
+    # SP's width 64 ran two seeds, 0.05 above and below the curve: their mean is the curve
+    seed_offsets = {("sp", 64): (0.05, -0.05)}
     for param, best in (("sp", {16: 8e-3, 32: 4e-3, 64: 2e-3}), ("mup", {32: 8e-3, 64: 8e-3})):
         for width, lr_star in best.items():
             for lr in lrs:
-                name = f"{param}-{width}-{lr:.4f}"
-                (tmp_path / "runs" / name).mkdir(parents=True)
-                loss = float(curve(lr_star, lr))
-                (tmp_path / "runs" / name / "result.json").write_text(json.dumps(
-                    {"name": name, "lr": lr, "width": width, "parametrization": param, "mup_base_width": 16,
-                     "loss": loss, "losses": {"loss": loss}}))
+                for seed, offset in enumerate(seed_offsets.get((param, width), (0.0,))):
+                    name = f"{param}-{width}-{lr:.4f}-seed{seed}"
+                    (tmp_path / "runs" / name).mkdir(parents=True)
+                    loss = float(curve(lr_star, lr)) + offset
+                    (tmp_path / "runs" / name / "result.json").write_text(json.dumps(
+                        {"name": name, "lr": lr, "width": width, "parametrization": param, "mup_base_width": 16,
+                         "seed": seed, "loss": loss, "losses": {"loss": loss}}))
     out = lr_transfer(tmp_path)
+    # std over two seeds L+d, L-d is d*sqrt(2); relative to their mean L, the median over the lrs
+    assert out["seed_spread"] == pytest.approx(np.median(0.05 * np.sqrt(2) / curve(2e-3, lrs)), rel=1e-9)
     assert out["grid_factor"] == pytest.approx(2.0) and out["mup_base_width_from_sp"] == [16]
     assert out["mup"]["16"] == out["sp"]["16"] == pytest.approx(8e-3, rel=1e-6)
     assert out["sp"]["64"] == pytest.approx(2e-3, rel=1e-6) and out["mup"]["64"] == pytest.approx(8e-3, rel=1e-6)

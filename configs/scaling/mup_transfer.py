@@ -14,7 +14,9 @@ At the base width muP is the standard model (same initialisation, same updates:
 tests/test_mup.py::test_mup_equals_sp_at_the_base_width), so width 16 runs once, under SP, and
 `omni scaling lr-transfer` uses that curve for both. The points run middle learning rates
 first and the 4x pair (16 and 64) before width 32, so that a sweep cut short by time still
-brackets each optimum.
+brackets each optimum. Then a second seed repeats every curve, the learning rates nearest the
+optima first: a point with both seeds enters the curve as their mean, and the spread between
+them says how far an optimum can move by chance (`seed_spread` in `omni scaling lr-transfer`).
 """
 import ml_collections
 
@@ -42,7 +44,8 @@ def get_config():
     c.grid.param = {"sp": ["--config.model.parametrization=sp"], "mup": ["--config.model.parametrization=mup"]}
     c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in WIDTHS}
     c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS}
-    c.axes = ("param", "width", "lr")
+    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(2)}
+    c.axes = ("param", "width", "lr", "seed")
     curves = [("sp", 16), ("sp", 64), ("mup", 64), ("sp", 32), ("mup", 32)]
     order = (0.004, 0.008, 0.002, 0.016, 0.001, 0.032)   # middle out
     c.points = [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4")
@@ -50,6 +53,14 @@ def get_config():
                 for lr in pair[1] for param, w in pair[0]]
     # the base width's optimum came out near the top of the grid: one more step above it
     c.points += [(param, f"w{w:03d}", "lr0640e-4") for param, w in (("sp", 16), ("mup", 64), ("mup", 32), ("sp", 32))]
+    c.points = [(*point, "seed0") for point in c.points]
+    # seed 1: the three grid points around each curve's optimum (seed 0's runs put them at
+    # 4e-3 .. 1.6e-2 for every curve), then the rest of the grid
+    near = (0.008, 0.004, 0.016)
+    rest = (0.002, 0.032, 0.001, 0.064)
+    c.points += [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4", "seed1")
+                 for group in (near, rest) for lr in group for param, w in curves
+                 if not (lr == 0.064 and (param, w) == ("sp", 64))]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True

@@ -8,6 +8,9 @@ which lies within half a grid step of x_i when x_i is the grid minimum. A minimu
 the grid is reported as that end (`at_edge`): the grid did not bracket it. How far the best lr
 moves across widths is log(max lr* / min lr*) / log(grid factor), in grid steps. muP at its base
 width is the standard model, so a sweep may run that width under SP only; its curve serves both.
+A point run with several seeds enters the curve as the mean of its seeds' losses; `seed_spread`
+reports their noise (the median over such points of the standard deviation over seeds, relative
+to the mean), the yardstick for how far an interpolated optimum can move by chance.
 """
 from __future__ import annotations
 
@@ -46,6 +49,20 @@ def movement(best_lrs: dict, factor: float) -> float:
     return math.log(max(values) / min(values)) / math.log(factor) if len(values) > 1 else 0.0
 
 
+def losses_by_lr(points) -> dict[float, list[float]]:
+    """(lr, loss) pairs, one per run (several per lr when seeds repeat it) -> {lr: [losses]}."""
+    by_lr: dict[float, list] = {}
+    for lr, loss in points:
+        by_lr.setdefault(lr, []).append(loss)
+    return dict(sorted(by_lr.items()))
+
+
+def seed_spreads(by_lr: dict) -> list[float]:
+    """Per lr run with 2 or more seeds: the standard deviation of its losses over their mean."""
+    return [float(np.std(v, ddof=1) / abs(np.mean(v))) for v in by_lr.values()
+            if len(v) > 1 and np.all(np.isfinite(v))]
+
+
 def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
     """Read DIR's runs (lr, width, parametrization, losses from result.json), find each width's
     best lr per parametrisation, write DIR/lr_transfer.json and DIR/lr_transfer.png. Returns
@@ -69,15 +86,20 @@ def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
             shared.append(base)
     factor = grid_factor([r["lr"] for r in results])
     out: dict = {"grid_factor": factor, "target": target}
-    details = {}
+    details, spreads = {}, []
     for param, widths in sorted(curves.items()):
         out[param], details[param] = {}, {}
         for width, points in sorted(widths.items()):
-            points.sort()
-            best = interpolated_minimum([p[0] for p in points], [p[1] for p in points])
+            by_lr = losses_by_lr(points)
+            lrs, losses = list(by_lr), [float(np.mean(v)) for v in by_lr.values()]
+            seeds = [len(v) for v in by_lr.values()]
+            if param == "sp" or width not in shared:  # a shared curve is counted once
+                spreads += seed_spreads(by_lr)
+            best = interpolated_minimum(lrs, losses)
             out[param][str(width)] = best["lr"]
-            details[param][str(width)] = {**best, "lrs": [p[0] for p in points], "losses": [p[1] for p in points],
+            details[param][str(width)] = {**best, "lrs": lrs, "losses": losses, "seeds": seeds,
                                           "runs_of": "sp" if param == "mup" and width in shared else param}
+    out["seed_spread"] = float(np.median(spreads)) if spreads else None
     out["movement_grid_steps"] = {param: movement(out[param], factor) for param in curves}
     out["mup_base_width_from_sp"] = sorted(set(shared))
     out["at_edge"] = sorted(f"{p}/{w}" for p in details for w, d in details[p].items() if d["at_edge"])
