@@ -4,14 +4,19 @@ on the embedded default dataset), for per-objective laws and Chinchilla approach
 Run:  omni sweep --config configs/scaling/cpu_laws.py --out runs/scaling/cpu_laws
       omni scaling fit runs/scaling/cpu_laws
 
-Design (docs/scaling.md has the measured results):
-  * 6 model sizes: widths 16..96 at depth 2 (N = 18k..281k non-embedding parameters).
-  * 3 IsoFLOP slices (Hoffmann et al. 2022, approach 2): at each compute budget C = 6 N D, 5 or 6
-    sizes, each trained for the steps that spend C (steps = C / (6 N x 64 x 40 tokens)); the
-    sizes of each slice bracket the expected optimum. The slices give 11 distinct token budgets.
-  * One held-out run, the largest: width 96 trained on 2x the largest slice's budget. The fit
-    predicts it from the other runs (`holdout` in `omni scaling fit`).
-  * Seeds 1 and 2 repeat one point (w032, 400 steps): their spread is the run-to-run noise.
+Design (docs/scaling.md has the measured results and why the first design was replaced):
+  * 6 model sizes: widths 8..48 at depth 2, 2 heads (N = 8.4k..89k non-embedding parameters).
+    The first design's widths 16..96 put every IsoFLOP minimum at or below its smallest size.
+  * muP with base width 16 and one learning rate, 6e-3 (configs/scaling/mup_transfer.py: under
+    muP the best learning rate stays put across widths), so that sizes differ in N and D only,
+    not in how well a fixed learning rate suits them; the first design used SP at 1e-3, 4-12x
+    below every width's best.
+  * 3 IsoFLOP slices (Hoffmann et al. 2022, approach 2): at each compute budget C = 6 N D, the
+    sizes whose runs last at least ~100 steps, each trained for the steps that spend C
+    (steps(w) = S * N(w016) / N(w), S = the steps of width 16). 17 runs, 17 token budgets.
+  * One held-out run, the largest: width 48 trained on 2x the largest slice's budget (its N and D
+    both lie inside the other runs' ranges). `omni scaling fit` predicts it from the other runs.
+  * Seeds 1 and 2 repeat one point (w016, 600 steps): their spread is the run-to-run noise.
   * Held-out losses on 32 batches of 64 of the test split (their standard error is recorded).
   * The cosine schedule decays over each run's own budget; warmup is 10% of it.
 Fields are those of configs/scaling/tiny_sweep.py, plus `points`: the grid combinations to run
@@ -19,14 +24,17 @@ Fields are those of configs/scaling/tiny_sweep.py, plus `points`: the grid combi
 """
 import ml_collections
 
-# steps per width at each budget: budget S = steps of w032; steps(w) = S * N(w032) / N(w)
-SLICES = {
-    "c1": {"w016": 425, "w024": 236, "w032": 150, "w048": 76, "w064": 46},
-    "c2": {"w016": 1132, "w024": 628, "w032": 400, "w048": 203, "w064": 122, "w096": 58},
-    "c3": {"w024": 1570, "w032": 1000, "w048": 508, "w064": 306, "w096": 146},
-}
-HELD_OUT = ("w096", 292)   # 2x the budget of c3: the largest run, predicted from the others
-SEED_POINT = ("w032", 400)
+# Non-embedding parameters per width (depth 2, 2 heads, text + image): omni.scaling.measure.
+N = {8: 8370, 12: 12970, 16: 18338, 24: 31378, 32: 47490, 48: 88930}
+# Steps of width 16 per slice, and the widths in it (every run at least ~100 steps).
+SLICES = {"c1": (250, (8, 12, 16, 24, 32)), "c2": (600, (8, 12, 16, 24, 32, 48)),
+          "c3": (1500, (8, 12, 16, 24, 32, 48))}
+HELD_OUT = (48, 2 * 1500)   # width, width-16 steps: 2x the budget of c3
+SEED_POINT = (16, 600)
+
+
+def steps_for(width: int, width16_steps: int) -> int:
+    return round(width16_steps * N[16] / N[width])
 
 
 def _steps(n):
@@ -42,24 +50,28 @@ def get_config():
         "--config.modalities=text,image",
         "--config.model.depth=2",
         "--config.model.heads=2",
+        "--config.model.parametrization=mup",
+        "--config.model.mup_base_width=16",
         "--config.train.eval_every=0",
         "--config.train.log_every=50",
         "--config.train.checkpoint_every=100000",
-        "--config.train.lr=0.001",
+        "--config.train.lr=0.006",
     ]
-    widths = (16, 24, 32, 48, 64, 96)
     c.grid = ml_collections.ConfigDict()
-    c.grid.size = {f"w{w:03d}": [f"--config.model.width={w}"] for w in widths}
-    all_steps = sorted({s for slice_ in SLICES.values() for s in slice_.values()} | {HELD_OUT[1]})
+    c.grid.size = {f"w{w:03d}": [f"--config.model.width={w}"] for w in N}
+    runs = {name: [(w, steps_for(w, s)) for w in widths] for name, (s, widths) in SLICES.items()}
+    held_out = (HELD_OUT[0], steps_for(*HELD_OUT))
+    all_steps = sorted({s for slice_ in runs.values() for _, s in slice_} | {held_out[1]})
     c.grid.steps = {f"s{s:04d}": _steps(s) for s in all_steps}
     c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(3)}
     c.axes = ("size", "steps", "seed")
-    points = [(size, f"s{steps:04d}", "seed0") for slice_ in SLICES.values() for size, steps in slice_.items()]
-    points.append((HELD_OUT[0], f"s{HELD_OUT[1]:04d}", "seed0"))
-    points += [(SEED_POINT[0], f"s{SEED_POINT[1]:04d}", f"seed{k}") for k in (1, 2)]
+    # the largest budget first: a sweep cut short by time still has the runs that bracket the law
+    points = [(f"w{w:03d}", f"s{s:04d}", "seed0") for name in ("c3", "c2", "c1") for w, s in runs[name]]
+    points.append((f"w{held_out[0]:03d}", f"s{held_out[1]:04d}", "seed0"))
+    seed_steps = steps_for(*SEED_POINT)
+    points += [(f"w{SEED_POINT[0]:03d}", f"s{seed_steps:04d}", f"seed{k}") for k in (1, 2)]
     c.points = points
-    c.isoflop = {name: [f"{size}-s{steps:04d}-seed0" for size, steps in slice_.items()]
-                 for name, slice_ in SLICES.items()}
+    c.isoflop = {name: [f"w{w:03d}-s{s:04d}-seed0" for w, s in slice_] for name, slice_ in runs.items()}
     c.eval_batches = 32
     c.cost_analysis = False   # C uses 6ND and the analytic count; XLA's count costs a compile per run
     c.compilation_cache = True
