@@ -113,6 +113,13 @@ class Setup:
         """The learning rate the step `step` uses (for logs)."""
         return float(learning_rate(jnp.int32(step), self.step_args))
 
+    def step_args_on_devices(self) -> dict:
+        """`step_args` as arrays replicated on the mesh, made once before a loop: the step then
+        takes no host values per call (numpy arguments would be copied to the devices every step)."""
+        replicated = NamedSharding(self.mesh, P())
+        return {k: jax.make_array_from_process_local_data(replicated, np.asarray(v))
+                for k, v in self.step_args.items()}
+
     def init_state(self):
         config = self.config
 

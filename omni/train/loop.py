@@ -125,6 +125,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
     with jax.set_mesh(setup.mesh):
         train_step = setup.compile_train_step()  # the update step, compiled once (omni.run.setup)
         batch_shardings = setup.batch_shardings()
+        step_args = setup.step_args_on_devices()
     flops = model_flops_per_step(config)  # for the global batch
     # The configured peak, or a quicker measurement than `omni bench` takes (it starts every run),
     # so this MFU may read a few percent high.
@@ -148,7 +149,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                 skipped_examples += len(problems)
                 batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
                          for k, v in local_batch.items()}
-                state, metrics = train_step(state, batch, setup.step_args)
+                state, metrics = train_step(state, batch, step_args)
                 bad_steps.check(metrics, checkpoints)
                 window_steps += 1
                 done = step + 1
