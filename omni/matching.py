@@ -161,7 +161,7 @@ def matching_logits(model, a, block_a, b, block_b):
     """One fused pass over [a, b] per example -> the matching logit [B] (CLS of a, normed, head)."""
     (xa, va), (xb, vb) = model.sequence(a, *block_a), model.sequence(b, *block_b)
     h = model.encoder(jnp.concatenate([xa, xb], axis=1), jnp.concatenate([va, vb], axis=1))
-    return model.itm_head(model.final_norm(h[:, 0]), model.dtype)[:, 0]
+    return model.itm_head(model.final_norm(h[:, 0]), model.dtype)[:, 0] * model.output_multiplier
 
 
 def binary_cross_entropy(pos_logits, pos_weight, neg_logits, neg_weight):

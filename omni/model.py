@@ -295,7 +295,8 @@ class Omni(nnx.Module):
         self.encoder = Transformer(config, rngs)
         self.final_norm = LayerNorm(rngs, width)
         self.projections = nnx.Dict({
-            n: Dense(rngs, width, config.model.embed_dim, names=("embed", "proj")) for n in self.modality_names})
+            n: Dense(rngs, width, config.model.embed_dim, names=("embed", "proj"),
+                     scale=mup.readout_init_scale(config, width)) for n in self.modality_names})
         # Contrastive temperature t (logits scale exp(t)) and bias b, learned.
         # SigLIP starts at t = log 10, InfoNCE (CLIP) at t = log(1/0.07) with no bias.
         siglip = config.loss.contrastive.kind == "siglip"
@@ -305,7 +306,7 @@ class Omni(nnx.Module):
         self.output_multiplier = mup.output_multiplier(config)
         if "itm" in registry.active_objectives(config):
             # The matching head (omni.matching): fused [a, b] pass, CLS of a -> "belong together" logit.
-            self.itm_head = Dense(rngs, width, 1, names=("embed", "logit"))
+            self.itm_head = Dense(rngs, width, 1, names=("embed", "logit"), scale=mup.readout_init_scale(config, width))
 
     def sequence(self, name, tokens, valid, present):
         """Prepend CLS, add the modality-type embedding; valid = token valid AND modality present."""

@@ -1,5 +1,6 @@
 """muP's coordinate check: a few Adam steps move the transformer's output activations by the same
 amount at every width under muP, and by more at larger widths under the standard parametrisation."""
+import jax
 import pytest
 
 from omni.bench import coordinate_check, coordinate_growth
@@ -38,3 +39,45 @@ def test_mup_equals_sp_at_the_base_width():
     batch = make_batch(small_config(), 0, [True] * 8, [True] * 8)
     np.testing.assert_allclose(sp.embed("text", batch), mup.embed("text", batch), rtol=1e-6)
     jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(sp)), nnx.to_pure_dict(nnx.state(mup)))
+
+
+def _mup_config(width: int, *extra):
+    from omni.config import load_config
+    from tests.conftest import SMALL_ALL
+    return load_config(None, [*SMALL_ALL, f"--config.model.width={width}", "--config.model.parametrization=mup",
+                              "--config.model.mup_base_width=32", *extra])
+
+
+def test_hidden_matrices_are_found_by_their_shapes_in_every_stem():
+    """At twice the base width, every matrix with two dimensions that grow with the width gets half
+    the learning rate: the transformer's, and the audio stem's second conv and frame projection
+    (which a list of the transformer's names used to miss); inputs, read-outs and vectors keep it."""
+    from flax import nnx
+
+    from omni import mup
+    from omni.model import Omni
+    from omni.run.setup import base_width_params
+    config = _mup_config(64)
+    params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))))
+    multipliers = mup.learning_rate_multipliers(params, base_width_params(config), config)
+    halved = {"/".join(map(str, path)) for path, m in
+              [(tuple(getattr(k, "key", k) for k in p), m) for p, m in jax.tree_util.tree_leaves_with_path(multipliers)]
+              if m == 0.5}
+    expected = {f"encoder/{w}" for w in ("wq", "wk", "wv", "wo", "w_in", "w_out")} | \
+        {"stems/audio/conv2/kernel", "stems/audio/proj/kernel"}
+    assert halved == expected
+
+
+def test_readouts_start_at_the_base_width_std():
+    """muP read-outs keep the base width's init std (the mup package's MuReadout); SP's shrinks
+    as 1/sqrt(width). Width 128 = 4x the base of 32, 128 x 32 projection kernels."""
+    import numpy as np
+    from flax import nnx
+
+    from omni.model import Omni
+    from tests.conftest import small_config
+    for parametrization, expected in (("mup", 32 ** -0.5), ("sp", 128 ** -0.5)):
+        model = Omni(small_config("--config.model.width=128", f"--config.model.parametrization={parametrization}",
+                                  "--config.model.mup_base_width=32"), nnx.Rngs(params=0))
+        for kernel in (model.projections["text"].kernel, model.stems["image"].head.kernel):
+            np.testing.assert_allclose(np.std(np.asarray(kernel[...])), expected, rtol=0.05)

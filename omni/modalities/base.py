@@ -176,7 +176,8 @@ class ReconstructingStem(nnx.Module):
         width = config.model.width
         self.mask_token = param(rngs, (width,), ("embed",))
         self.head_norm = LayerNorm(rngs, width)
-        self.head = Dense(rngs, width, target_dim, names=("embed", "patch"))
+        self.head = Dense(rngs, width, target_dim, names=("embed", "patch"),
+                          scale=mup.readout_init_scale(config, width))
         self.output_multiplier = mup.output_multiplier(config)
 
     def predict(self, hidden, dtype):

@@ -68,8 +68,17 @@ def make_optimizer(config, params=None, args: dict | None = None):
         optax.adamw(lambda count: learning_rate(count, args), b1=t.b1, b2=t.b2,
                     weight_decay=t.weight_decay, mask=decay_mask))
     if mup.is_mup(config):
-        tx = optax.chain(tx, mup.scale_updates(mup.learning_rate_multipliers(params, config)))
+        multipliers = mup.learning_rate_multipliers(params, base_width_params(config), config)
+        tx = optax.chain(tx, mup.scale_updates(multipliers))
     return tx
+
+
+def base_width_params(config) -> dict:
+    """The shapes (jax.ShapeDtypeStruct) of the model's parameters at model.mup_base_width: muP
+    reads off which matrices are hidden by comparing them with the run's own."""
+    base = config.copy_and_resolve_references()
+    base.model.width = int(config.model.mup_base_width)
+    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Omni(base, nnx.Rngs(params=0)))))
 
 
 def _set_path(tree: dict, path, value) -> None:
