@@ -54,12 +54,11 @@ def test_hidden_matrices_are_found_by_their_shapes_in_every_stem():
     (which a list of the transformer's names used to miss); inputs, read-outs and vectors keep it."""
     from flax import nnx
 
-    from omni import mup
     from omni.model import Omni
-    from omni.run.setup import base_width_params
+    from omni.run.setup import mup_learning_rate_multipliers
     config = _mup_config(64)
     params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))))
-    multipliers = mup.learning_rate_multipliers(params, base_width_params(config), config)
+    multipliers = mup_learning_rate_multipliers(config, params)
     halved = {"/".join(map(str, path)) for path, m in
               [(tuple(getattr(k, "key", k) for k in p), m) for p, m in jax.tree_util.tree_leaves_with_path(multipliers)]
               if m == 0.5}

@@ -311,7 +311,35 @@ def test_lr_transfer_interpolates_on_the_log_grid(tmp_path):
     assert out["mup"]["16"] == out["sp"]["16"] == pytest.approx(8e-3, rel=1e-6)
     assert out["sp"]["64"] == pytest.approx(2e-3, rel=1e-6) and out["mup"]["64"] == pytest.approx(8e-3, rel=1e-6)
     assert out["movement_grid_steps"]["sp"] == pytest.approx(2.0) and out["movement_grid_steps"]["mup"] == pytest.approx(0.0)
+    assert out["movement_factor2_steps"] == pytest.approx(out["movement_grid_steps"])  # a factor-2 grid
+    # both seeds of SP's width 64 have the curve's optimum (offsets shift a curve, not its minimum);
+    # width 16 and 32 ran one seed: no seed spread of an optimum but theirs, 0 steps
+    assert out["optimum_seed_spread_factor2_steps"] == pytest.approx(0.0, abs=1e-6)
+    assert out["movement_factor2_steps_per_seed"]["sp"] == {"0": pytest.approx(2.0)}
     assert (tmp_path / "lr_transfer.png").stat().st_size > 1000
+
+
+def test_lr_transfer_counts_factor2_steps_on_a_refined_grid(tmp_path):
+    """A grid refined to a factor sqrt(2) around the optima: grid steps are then sqrt(2) steps,
+    and the movement in factor-2 steps stays log2(max/min)."""
+    from omni.scaling import lr_transfer
+    lrs = 1e-3 * 2 ** (0.5 * np.arange(11))
+    curve = lambda best, lr: 3.0 + 0.2 * np.log(lr / best) ** 2  # noqa: E731
+    for width, lr_star in ((16, 5e-3), (64, 1e-2)):
+        for lr in lrs:
+            name = f"sp-{width}-{lr:.5f}"
+            (tmp_path / "runs" / name).mkdir(parents=True)
+            loss = float(curve(lr_star, lr))
+            (tmp_path / "runs" / name / "result.json").write_text(json.dumps(
+                {"name": name, "lr": lr, "width": width, "parametrization": "sp", "loss": loss,
+                 "losses": {"loss": loss}}))
+    out = lr_transfer(tmp_path, plot=False)
+    assert out["grid_factor"] == pytest.approx(2 ** 0.5)
+    # the parabola spans a factor 2 each side of the grid minimum: 5 points of the refined grid
+    assert [json.loads((tmp_path / "lr_transfer.json").read_text())["curves"]["sp"][w]["points"]
+            for w in ("16", "64")] == [5, 5]
+    assert out["movement_factor2_steps"]["sp"] == pytest.approx(1.0, rel=1e-6)
+    assert out["movement_grid_steps"]["sp"] == pytest.approx(2.0, rel=1e-6)
 
 
 def test_approaches_agree_only_with_bracketed_minima():

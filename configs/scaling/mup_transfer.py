@@ -7,7 +7,7 @@ Run:  omni sweep --config configs/scaling/mup_transfer.py --out runs/scaling/mup
 
 Under muP the best learning rate should stay put as the width grows; under SP it should fall.
 Learning rates on a factor-2 grid, 1e-3 .. 3.2e-2 (6.4e-2 added after the first runs put the
-base width's optimum near 3.2e-2), 100 steps of batch 64 each, depth 2,
+base width's optimum near 3.2e-2), a factor sqrt(2) between 4e-3 and 3.2e-2, 100 steps of batch 64 each, depth 2,
 2 heads, text + image; the loss is the held-out total over 8 batches.
 
 At the base width muP is the standard model (same initialisation, same updates:
@@ -21,6 +21,7 @@ them says how far an optimum can move by chance (`seed_spread` in `omni scaling 
 import ml_collections
 
 LRS = (0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064)
+FINE_LRS = (0.00566, 0.0113, 0.0226)  # halfway (x sqrt 2) between the grid points around the optima
 WIDTHS = (16, 32, 64)
 
 
@@ -43,7 +44,7 @@ def get_config():
     c.grid = ml_collections.ConfigDict()
     c.grid.param = {"sp": ["--config.model.parametrization=sp"], "mup": ["--config.model.parametrization=mup"]}
     c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in WIDTHS}
-    c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS}
+    c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS + FINE_LRS}
     c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(2)}
     c.axes = ("param", "width", "lr", "seed")
     curves = [("sp", 16), ("sp", 64), ("mup", 64), ("sp", 32), ("mup", 32)]
@@ -61,6 +62,10 @@ def get_config():
     c.points += [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4", "seed1")
                  for group in (near, rest) for lr in group for param, w in curves
                  if not (lr == 0.064 and (param, w) == ("sp", 64))]
+    # then a grid twice as fine around every optimum (all of them lay in 4e-3 .. 3.2e-2), both seeds:
+    # a 3-point parabola on a factor-2 grid misplaced optima by up to 0.2 grid steps between seeds
+    c.points += [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4", f"seed{k}")
+                 for k in range(2) for lr in FINE_LRS for param, w in curves]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True

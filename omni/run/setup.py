@@ -55,10 +55,10 @@ def learning_rate(count, args: dict):
     return jnp.where(count < warmup, warming, decaying)
 
 
-def make_optimizer(config, params=None, args: dict | None = None):
-    """AdamW with warmup + cosine (`learning_rate`) and clipping; under muP (params given) the
-    hidden matrices' updates are scaled by base_width / width. `args`: the step's arguments
-    (traced inside the step; the config's own numbers when omitted)."""
+def make_optimizer(config, lr_multipliers: dict | None = None, args: dict | None = None):
+    """AdamW with warmup + cosine (`learning_rate`) and clipping; under muP each parameter's
+    update is scaled by its entry of `lr_multipliers` (`mup_learning_rate_multipliers`).
+    `args`: the step's arguments (traced inside the step; the config's own numbers when omitted)."""
     t = config.train
     args = step_arguments(config) if args is None else args
     # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
@@ -67,18 +67,21 @@ def make_optimizer(config, params=None, args: dict | None = None):
         optax.clip_by_global_norm(t.grad_clip),
         optax.adamw(lambda count: learning_rate(count, args), b1=t.b1, b2=t.b2,
                     weight_decay=t.weight_decay, mask=decay_mask))
-    if mup.is_mup(config):
-        multipliers = mup.learning_rate_multipliers(params, base_width_params(config), config)
-        tx = optax.chain(tx, mup.scale_updates(multipliers))
+    if lr_multipliers is not None:
+        tx = optax.chain(tx, mup.scale_updates(lr_multipliers))
     return tx
 
 
-def base_width_params(config) -> dict:
-    """The shapes (jax.ShapeDtypeStruct) of the model's parameters at model.mup_base_width: muP
-    reads off which matrices are hidden by comparing them with the run's own."""
+def mup_learning_rate_multipliers(config, abstract_params: dict) -> dict | None:
+    """Under muP, 1/m for the hidden matrices and 1 elsewhere (omni.mup), found by comparing the
+    parameters' shapes with the same model's at model.mup_base_width; None under SP. Call
+    outside `jax.set_mesh`, as for the abstract model itself."""
+    if not mup.is_mup(config):
+        return None
     base = config.copy_and_resolve_references()
     base.model.width = int(config.model.mup_base_width)
-    return nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Omni(base, nnx.Rngs(params=0)))))
+    base_params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Omni(base, nnx.Rngs(params=0)))))
+    return mup.learning_rate_multipliers(abstract_params, base_params, config)
 
 
 def _set_path(tree: dict, path, value) -> None:
@@ -117,6 +120,7 @@ class Setup:
     abstract_state: dict
     tx: object
     step_args: dict  # step_arguments(config): the third argument of every call of the train step
+    lr_multipliers: dict | None  # muP's per-parameter learning-rate factors; None under SP
 
     def schedule(self, step: int) -> float:
         """The learning rate the step `step` uses (for logs)."""
@@ -146,7 +150,7 @@ class Setup:
     def compile_train_step(self):
         """jit of `train_step(state, batch, step_args) -> (state, metrics)`; call it with
         `self.step_args` as the third argument."""
-        step_fn = make_train_step(self.config, self.graphdef, self.abstract_state["params"])
+        step_fn = make_train_step(self.config, self.graphdef, self.lr_multipliers)
         replicated = NamedSharding(self.mesh, P())
         args_shardings = {k: replicated for k in self.step_args}
         return jax.jit(step_fn, in_shardings=(self.state_shardings, self.batch_shardings(), args_shardings),
@@ -214,7 +218,8 @@ def build_setup(config, mesh) -> Setup:
     graphdef, abstract_vars = nnx.split(abstract_model)
     shardings = param_shardings(abstract_vars, mesh)
     abstract_params = nnx.to_pure_dict(abstract_vars)
-    tx = make_optimizer(config, abstract_params)
+    lr_multipliers = mup_learning_rate_multipliers(config, abstract_params)
+    tx = make_optimizer(config, lr_multipliers)
     abstract_opt = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, P())
     opt_shardings = optax.tree_map_params(
@@ -224,12 +229,12 @@ def build_setup(config, mesh) -> Setup:
     abstract_state = {"step": jax.ShapeDtypeStruct((), jnp.int32), "params": abstract_params,
                       "opt_state": abstract_opt, "bad_steps": jax.ShapeDtypeStruct((), jnp.int32)}
     return Setup(config, mesh, graphdef, state_shardings, abstract_like(abstract_state, state_shardings),
-                 tx, step_arguments(config))
+                 tx, step_arguments(config), lr_multipliers)
 
 
-def make_train_step(config, graphdef, abstract_params):
+def make_train_step(config, graphdef, lr_multipliers):
     def train_step(state, batch, args):
-        tx = make_optimizer(config, abstract_params, args)
+        tx = make_optimizer(config, lr_multipliers, args)
         rng = jax.random.fold_in(jax.random.key(args["seed"]), state["step"])
 
         def loss_fn(params):

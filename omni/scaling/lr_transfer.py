@@ -2,15 +2,22 @@
 V", Figure 1: loss against learning rate, one curve per width, under SP and under muP).
 
 For every (parametrisation, width) the best learning rate is interpolated on the log grid: the
-parabola through the grid's best point and its two neighbours, in log lr, has its vertex at
+least-squares parabola in log lr through the grid's best point and every point within a factor
+2 of it (at least its two neighbours). On a factor-2 grid that is the parabola through three
+points, with its vertex at
     log lr* = x_i + h (L_{i-1} - L_{i+1}) / (2 (L_{i-1} - 2 L_i + L_{i+1}))   (equal spacing h),
-which lies within half a grid step of x_i when x_i is the grid minimum. A minimum at the end of
+within half a grid step of x_i; on a grid refined around the optima it averages over the five
+points of the same span instead of chasing the noise of the nearest three. A minimum at the end of
 the grid is reported as that end (`at_edge`): the grid did not bracket it. How far the best lr
-moves across widths is log(max lr* / min lr*) / log(grid factor), in grid steps. muP at its base
+moves across widths is log(max lr* / min lr*) / log(grid factor), in grid steps, and
+log2(max lr* / min lr*) in factor-2 steps (`movement_factor2_steps`), the unit of Tensor
+Programs V's figures and of a grid refined around the optima. muP at its base
 width is the standard model, so a sweep may run that width under SP only; its curve serves both.
 A point run with several seeds enters the curve as the mean of its seeds' losses; `seed_spread`
 reports their noise (the median over such points of the standard deviation over seeds, relative
-to the mean), the yardstick for how far an interpolated optimum can move by chance.
+to the mean). The yardstick for a movement is `optimum_seed_spread_factor2_steps`: for each curve
+run with several seeds, how far apart (log2 max/min) the seeds' own optima lie, the median over
+the curves; and `movement_factor2_steps_per_seed` repeats the movement on each seed's curves.
 """
 from __future__ import annotations
 
@@ -22,19 +29,23 @@ import numpy as np
 from omni.scaling.results import load_results, write_json
 
 
-def interpolated_minimum(lrs, losses) -> dict:
-    """The best learning rate of one curve: {"lr", "grid_lr", "at_edge"} (module docstring)."""
+def interpolated_minimum(lrs, losses, window: float = 2.0) -> dict:
+    """The best learning rate of one curve: {"lr", "grid_lr", "at_edge", "points"}: the vertex of
+    the least-squares parabola over the points within a factor `window` of the grid minimum
+    (module docstring), and how many points it used."""
     lrs, losses = np.asarray(lrs, float), np.asarray(losses, float)
     order = np.argsort(lrs)
     lrs, losses = lrs[order], np.where(np.isfinite(losses[order]), losses[order], np.inf)
     i = int(np.argmin(losses))
     x = np.log(lrs)
-    if i == 0 or i == len(lrs) - 1 or not np.all(np.isfinite(losses[i - 1:i + 2])):
-        return {"lr": float(lrs[i]), "grid_lr": float(lrs[i]), "at_edge": i in (0, len(lrs) - 1)}
-    p2, p1, _ = np.polyfit(x[i - 1:i + 2], losses[i - 1:i + 2], 2)
+    near = np.abs(x - x[i]) <= math.log(window) * (1 + 1e-6)
+    near[max(i - 1, 0): i + 2] = True
+    if i == 0 or i == len(lrs) - 1 or not np.all(np.isfinite(losses[near])):
+        return {"lr": float(lrs[i]), "grid_lr": float(lrs[i]), "at_edge": i in (0, len(lrs) - 1), "points": 1}
+    p2, p1, _ = np.polyfit(x[near], losses[near], 2)
     vertex = -p1 / (2 * p2) if p2 > 0 else x[i]
-    vertex = float(np.clip(vertex, x[i - 1], x[i + 1]))
-    return {"lr": float(math.exp(vertex)), "grid_lr": float(lrs[i]), "at_edge": False}
+    vertex = float(np.clip(vertex, x[near].min(), x[near].max()))
+    return {"lr": float(math.exp(vertex)), "grid_lr": float(lrs[i]), "at_edge": False, "points": int(near.sum())}
 
 
 def grid_factor(lrs) -> float:
@@ -47,6 +58,15 @@ def movement(best_lrs: dict, factor: float) -> float:
     """How far the best learning rate moves across widths, in grid steps."""
     values = [v for v in best_lrs.values() if v]
     return math.log(max(values) / min(values)) / math.log(factor) if len(values) > 1 else 0.0
+
+
+def optima_per_seed(points) -> dict[int, float]:
+    """(lr, loss, seed) triples of one curve -> {seed: that seed's interpolated best lr}, for the
+    seeds run at three or more learning rates."""
+    by_seed: dict[int, list] = {}
+    for lr, loss, seed in points:
+        by_seed.setdefault(seed, []).append((lr, loss))
+    return {seed: interpolated_minimum(*zip(*pairs))["lr"] for seed, pairs in by_seed.items() if len(pairs) >= 3}
 
 
 def losses_by_lr(points) -> dict[float, list[float]]:
@@ -75,7 +95,7 @@ def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
     for r in results:
         loss = r.get("losses", {}).get(target)
         curves.setdefault(r.get("parametrization", "sp"), {}).setdefault(int(r["width"]), []).append(
-            (float(r["lr"]), math.nan if loss is None else float(loss)))
+            (float(r["lr"]), math.nan if loss is None else float(loss), int(r.get("seed") or 0)))
     # At its base width muP is the standard model (tests/test_mup.py), so a sweep may run that
     # width once, under SP: its curve then serves both.
     shared = []
@@ -86,11 +106,16 @@ def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
             shared.append(base)
     factor = grid_factor([r["lr"] for r in results])
     out: dict = {"grid_factor": factor, "target": target}
-    details, spreads = {}, []
+    details, spreads, optimum_spreads, per_seed = {}, [], [], {}
     for param, widths in sorted(curves.items()):
-        out[param], details[param] = {}, {}
+        out[param], details[param], per_seed[param] = {}, {}, {}
         for width, points in sorted(widths.items()):
-            by_lr = losses_by_lr(points)
+            seed_optima = optima_per_seed(points)
+            for seed, lr in seed_optima.items():
+                per_seed[param].setdefault(seed, {})[str(width)] = lr
+            if len(seed_optima) > 1 and (param == "sp" or width not in shared):
+                optimum_spreads.append(movement(seed_optima, 2.0))
+            by_lr = losses_by_lr((lr, loss) for lr, loss, _ in points)
             lrs, losses = list(by_lr), [float(np.mean(v)) for v in by_lr.values()]
             seeds = [len(v) for v in by_lr.values()]
             if param == "sp" or width not in shared:  # a shared curve is counted once
@@ -101,6 +126,11 @@ def lr_transfer(directory, target: str = "loss", plot: bool = True) -> dict:
                                           "runs_of": "sp" if param == "mup" and width in shared else param}
     out["seed_spread"] = float(np.median(spreads)) if spreads else None
     out["movement_grid_steps"] = {param: movement(out[param], factor) for param in curves}
+    out["movement_factor2_steps"] = {param: movement(out[param], 2.0) for param in curves}
+    out["movement_factor2_steps_per_seed"] = {
+        param: {str(seed): movement(best, 2.0) for seed, best in sorted(seeds.items()) if len(best) == len(curves[param])}
+        for param, seeds in per_seed.items()}
+    out["optimum_seed_spread_factor2_steps"] = float(np.median(optimum_spreads)) if optimum_spreads else None
     out["mup_base_width_from_sp"] = sorted(set(shared))
     out["at_edge"] = sorted(f"{p}/{w}" for p in details for w, d in details[p].items() if d["at_edge"])
     write_json(directory / "lr_transfer.json", {**out, "curves": details})
