@@ -45,7 +45,7 @@ def get_config():
     c.grid.param = {"sp": ["--config.model.parametrization=sp"], "mup": ["--config.model.parametrization=mup"]}
     c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in WIDTHS}
     c.grid.lr = {f"lr{round(lr * 1e4):04d}e-4": [f"--config.train.lr={lr}"] for lr in LRS + FINE_LRS}
-    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(2)}
+    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(3)}
     c.axes = ("param", "width", "lr", "seed")
     curves = [("sp", 16), ("sp", 64), ("mup", 64), ("sp", 32), ("mup", 32)]
     order = (0.004, 0.008, 0.002, 0.016, 0.001, 0.032)   # middle out
@@ -66,6 +66,9 @@ def get_config():
     # a 3-point parabola on a factor-2 grid misplaced optima by up to 0.2 grid steps between seeds
     c.points += [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4", f"seed{k}")
                  for k in range(2) for lr in FINE_LRS for param, w in curves]
+    # a third seed over the refined span, where the two seeds' optima disagreed most (width 16)
+    span = (0.004, 0.00566, 0.008, 0.0113, 0.016, 0.0226, 0.032)
+    c.points += [(param, f"w{w:03d}", f"lr{round(lr * 1e4):04d}e-4", "seed2") for lr in span for param, w in curves]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True
