@@ -7,8 +7,9 @@ Run:  omni sweep --config configs/scaling/mup_transfer.py --out runs/scaling/mup
 
 Under muP the best learning rate should stay put as the width grows; under SP it should fall.
 Learning rates on a factor-2 grid, 1e-3 .. 3.2e-2 (6.4e-2 added after the first runs put the
-base width's optimum near 3.2e-2), a factor sqrt(2) between 4e-3 and 3.2e-2, 100 steps of batch 64 each, depth 2,
-2 heads, text + image; the loss is the held-out total over 8 batches.
+base width's optimum near 3.2e-2), refined to a factor sqrt(2) between 4e-3 and 3.2e-2; 100
+steps of batch 64 each, depth 2, 2 heads, text + image; the loss is the held-out total over 8
+batches.
 
 At the base width muP is the standard model (same initialisation, same updates:
 tests/test_mup.py::test_mup_equals_sp_at_the_base_width), so width 16 runs once, under SP, and
@@ -17,6 +18,8 @@ first and the 4x pair (16 and 64) before width 32, so that a sweep cut short by 
 brackets each optimum. Then a second seed repeats every curve, the learning rates nearest the
 optima first: a point with both seeds enters the curve as their mean, and the spread between
 them says how far an optimum can move by chance (`seed_spread` in `omni scaling lr-transfer`).
+Last, the refined points with both seeds, and a third seed over the refined span
+(`optimum_seed_spread_factor2_steps`: how far apart the seeds' own optima lie). 133 runs.
 """
 import ml_collections
 
