@@ -1,0 +1,44 @@
+"""How precisely one sweep can place a learning-rate optimum: the base width of
+`mup_transfer.py` (width 16, where SP and muP are one model) trained for 300 steps instead of 100,
+four seeds, learning rates 2.83e-3 .. 2.26e-2 on a factor-sqrt(2) grid.
+
+Run:  omni sweep --config configs/scaling/lr_noise.py --out runs/scaling/lr_noise
+      omni scaling lr-transfer runs/scaling/lr_noise
+
+`optimum_seed_spread_factor2_steps` in the output says how far apart the four seeds' own optima
+lie. At 100 steps three seeds put it 1.09 factor-2 steps apart (docs/scaling.md), more than the
+half step that muP's transfer is judged by; this sweep measures whether longer runs, whose loss
+near the optimum is less spiky, place it more tightly.
+"""
+import ml_collections
+
+LRS = (0.00283, 0.004, 0.00566, 0.008, 0.0113, 0.016, 0.0226)
+SEEDS = 4
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.name = "lr_noise"
+    c.base = "tiny.py"
+    c.runner = "local"
+    c.overrides = [
+        "--config.modalities=text,image",
+        "--config.model.depth=2",
+        "--config.model.heads=2",
+        "--config.model.width=16",
+        "--config.model.mup_base_width=16",
+        "--config.model.parametrization=sp",
+        "--config.train.steps=300",
+        "--config.train.warmup_steps=30",
+        "--config.train.eval_every=0",
+        "--config.train.log_every=100",
+        "--config.train.checkpoint_every=100000",
+    ]
+    c.grid = ml_collections.ConfigDict()
+    c.grid.lr = {f"lr{round(lr * 1e5):05d}e-5": [f"--config.train.lr={lr}"] for lr in LRS}
+    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(SEEDS)}
+    c.axes = ("lr", "seed")
+    c.eval_batches = 8
+    c.cost_analysis = False
+    c.compilation_cache = True
+    return c
