@@ -1,6 +1,7 @@
-"""How precisely one sweep can place a learning-rate optimum: the base width of
-`mup_transfer.py` (width 16, where SP and muP are one model) trained for 300 steps instead of 100,
-four seeds, learning rates 2.83e-3 .. 2.26e-2 on a factor-sqrt(2) grid.
+"""How precisely one sweep can place a learning-rate optimum, and muP's transfer at that
+precision: the base width of `mup_transfer.py` (width 16, where SP and muP are one model) trained
+for 300 steps instead of 100, four seeds, learning rates 2.83e-3 .. 2.26e-2 on a factor-sqrt(2)
+grid; then muP at widths 32 and 64 on the same grid, three seeds each.
 
 Run:  omni sweep --config configs/scaling/lr_noise.py --out runs/scaling/lr_noise
       omni scaling lr-transfer runs/scaling/lr_noise
@@ -8,7 +9,8 @@ Run:  omni sweep --config configs/scaling/lr_noise.py --out runs/scaling/lr_nois
 `optimum_seed_spread_factor2_steps` in the output says how far apart the four seeds' own optima
 lie. At 100 steps three seeds put it 1.09 factor-2 steps apart (docs/scaling.md), more than the
 half step that muP's transfer is judged by; this sweep measures whether longer runs, whose loss
-near the optimum is less spiky, place it more tightly.
+near the optimum is less spiky, place it more tightly. The common overrides are the base
+width's, so a muP curve's overrides come after them and win.
 """
 import ml_collections
 
@@ -35,9 +37,15 @@ def get_config():
         "--config.train.checkpoint_every=100000",
     ]
     c.grid = ml_collections.ConfigDict()
+    c.grid.curve = {"sp-w016": [],
+                    "mup-w032": ["--config.model.parametrization=mup", "--config.model.width=32"],
+                    "mup-w064": ["--config.model.parametrization=mup", "--config.model.width=64"]}
     c.grid.lr = {f"lr{round(lr * 1e5):05d}e-5": [f"--config.train.lr={lr}"] for lr in LRS}
     c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(SEEDS)}
-    c.axes = ("lr", "seed")
+    c.axes = ("curve", "lr", "seed")
+    lr_names = sorted(c.grid.lr.keys())
+    c.points = [("sp-w016", lr, f"seed{k}") for k in range(SEEDS) for lr in lr_names]
+    c.points += [(curve, lr, f"seed{k}") for k in range(3) for lr in lr_names for curve in ("mup-w064", "mup-w032")]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True
