@@ -15,6 +15,7 @@ width's, so a muP curve's overrides come after them and win.
 import ml_collections
 
 LRS = (0.00283, 0.004, 0.00566, 0.008, 0.0113, 0.016, 0.0226)
+HIGH_LRS = (0.032, 0.0453)  # added: at 300 steps muP's wider widths had their minima at 2.26e-2
 SEEDS = 4
 
 
@@ -40,12 +41,14 @@ def get_config():
     c.grid.curve = {"sp-w016": [],
                     "mup-w032": ["--config.model.parametrization=mup", "--config.model.width=32"],
                     "mup-w064": ["--config.model.parametrization=mup", "--config.model.width=64"]}
-    c.grid.lr = {f"lr{round(lr * 1e5):05d}e-5": [f"--config.train.lr={lr}"] for lr in LRS}
+    c.grid.lr = {f"lr{round(lr * 1e5):05d}e-5": [f"--config.train.lr={lr}"] for lr in LRS + HIGH_LRS}
     c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(SEEDS)}
     c.axes = ("curve", "lr", "seed")
-    lr_names = sorted(c.grid.lr.keys())
+    lr_names = [f"lr{round(lr * 1e5):05d}e-5" for lr in LRS]
     c.points = [("sp-w016", lr, f"seed{k}") for k in range(SEEDS) for lr in lr_names]
     c.points += [(curve, lr, f"seed{k}") for k in range(3) for lr in lr_names for curve in ("mup-w064", "mup-w032")]
+    c.points += [(curve, f"lr{round(lr * 1e5):05d}e-5", f"seed{k}")
+                 for k in range(2) for lr in HIGH_LRS for curve in ("mup-w064", "mup-w032")]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True
