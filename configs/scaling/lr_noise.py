@@ -1,7 +1,9 @@
 """How precisely one sweep can place a learning-rate optimum, and muP's transfer at that
 precision: the base width of `mup_transfer.py` (width 16, where SP and muP are one model) trained
 for 300 steps instead of 100, four seeds, learning rates 2.83e-3 .. 2.26e-2 on a factor-sqrt(2)
-grid; then muP at widths 32 and 64 on the same grid, three seeds each.
+grid; then muP at widths 32 and 64 on the same grid, three seeds each, and two seeds above it
+(3.2e-2, 4.53e-2), where those widths' minima turned out to lie. On 2026-11-30 the third seed of
+the muP curves was stopped for time after 2 of its 14 runs (docs/scaling.md).
 
 Run:  omni sweep --config configs/scaling/lr_noise.py --out runs/scaling/lr_noise
       omni scaling lr-transfer runs/scaling/lr_noise
