@@ -59,8 +59,7 @@ def test_hidden_matrices_are_found_by_their_shapes_in_every_stem():
     config = _mup_config(64)
     params = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))))
     multipliers = mup_learning_rate_multipliers(config, params)
-    halved = {"/".join(map(str, path)) for path, m in
-              [(tuple(getattr(k, "key", k) for k in p), m) for p, m in jax.tree_util.tree_leaves_with_path(multipliers)]
+    halved = {"/".join(key.key for key in path) for path, m in jax.tree_util.tree_leaves_with_path(multipliers)
               if m == 0.5}
     expected = {f"encoder/{w}" for w in ("wq", "wk", "wv", "wo", "w_in", "w_out")} | \
         {"stems/audio/conv2/kernel", "stems/audio/proj/kernel"}
