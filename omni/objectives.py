@@ -18,11 +18,10 @@ import itertools
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import PartitionSpec as P
 
 from omni import matching
+from omni.contrastive import infonce_loss_chunked, siglip_loss_chunked
 from omni.modalities import registry
-from omni.parallel import batch_mesh_axes
 
 
 def safe_mean(values, weights):
@@ -30,64 +29,6 @@ def safe_mean(values, weights):
     total = jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
     count = jnp.sum(weights)
     return total / jnp.maximum(count, 1.0)
-
-
-def siglip_loss(za, zb, logit_scale, logit_bias, valid):
-    """Sigmoid loss of Zhai et al. (2023): every (i, j) is a binary pair-or-not decision.
-    loss = -1/n * sum_ij log sigmoid(label_ij * (exp(t) za_i.zb_j + b)), label = +1 on the diagonal,
-    -1 elsewhere, over rows and columns that are valid; n = number of valid rows."""
-    logits = jnp.exp(logit_scale) * (za @ zb.T) + logit_bias
-    labels = 2.0 * jnp.eye(za.shape[0]) - 1.0
-    pair_valid = valid[:, None] & valid[None, :]
-    per_pair = jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0)
-    return -jnp.sum(per_pair) / jnp.maximum(jnp.sum(valid), 1)
-
-
-def _siglip_block_sum(za, zb, logit_scale, logit_bias, valid_a, valid_b, diagonal: bool):
-    """sum of log sigmoid(label * logit) over valid pairs of one block of the similarity matrix."""
-    logits = jnp.exp(logit_scale) * (za @ zb.T) + logit_bias
-    labels = 2.0 * jnp.eye(za.shape[0]) - 1.0 if diagonal else -jnp.ones_like(logits)
-    pair_valid = valid_a[:, None] & valid_b[None, :]
-    return jnp.sum(jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0))
-
-
-def siglip_loss_chunked(za, zb, logit_scale, logit_bias, valid):
-    """SigLIP over a batch sharded across devices, without gathering the global similarity matrix
-    (the SigLIP paper's chunked scheme). Each device scores its own rows against its own columns
-    (the positives), then passes its text-side chunk around the ring with ppermute n-1 times and
-    scores the negatives of each visiting chunk. Memory per device stays O(b_local^2); the result
-    equals `siglip_loss` on the gathered batch."""
-    axes = batch_mesh_axes()
-    if not axes:
-        return siglip_loss(za, zb, logit_scale, logit_bias, valid)
-    mesh = jax.sharding.get_abstract_mesh()
-    shards = 1
-    for a in axes:
-        shards *= mesh.shape[a]
-    ring = [(i, (i + 1) % shards) for i in range(shards)]
-
-    def local(za, zb, valid_a, valid_b, t, b):
-        total = _siglip_block_sum(za, zb, t, b, valid_a, valid_b, diagonal=True)
-        for _ in range(shards - 1):
-            zb, valid_b = jax.lax.ppermute((zb, valid_b), axes, ring)
-            total += _siglip_block_sum(za, zb, t, b, valid_a, valid_b, diagonal=False)
-        total = jax.lax.psum(total, axes)
-        count = jax.lax.psum(jnp.sum(valid_a), axes)
-        return -total / jnp.maximum(count, 1)
-
-    rows = P(axes)
-    return jax.shard_map(local, in_specs=(rows, rows, rows, rows, P(), P()), out_specs=P(),
-                         check_vma=False)(za, zb, valid, valid, logit_scale, logit_bias)
-
-
-def infonce_loss(za, zb, logit_scale, valid):
-    """CLIP's symmetric softmax cross-entropy over valid rows/columns, averaged over both directions."""
-    logits = jnp.exp(logit_scale) * (za @ zb.T)
-    logits = jnp.where(valid[:, None] & valid[None, :], logits, -1e9)
-    diagonal = jnp.diagonal(logits)
-    a_to_b = jax.nn.logsumexp(logits, axis=1) - diagonal
-    b_to_a = jax.nn.logsumexp(logits, axis=0) - diagonal
-    return safe_mean(0.5 * (a_to_b + b_to_a), valid.astype(jnp.float32))
 
 
 def contrastive_losses(model, batch, config, embeddings=None):
@@ -103,7 +44,7 @@ def contrastive_losses(model, batch, config, embeddings=None):
             loss = siglip_loss_chunked(embeddings[a], embeddings[b], model.logit_scale[...],
                                        model.logit_bias[...], valid)
         else:
-            loss = infonce_loss(embeddings[a], embeddings[b], model.logit_scale[...], valid)
+            loss = infonce_loss_chunked(embeddings[a], embeddings[b], model.logit_scale[...], valid)
         losses[f"{a}-{b}"] = (loss, jnp.any(valid))
     return losses
 

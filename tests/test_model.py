@@ -117,16 +117,17 @@ def test_scan_and_loop_layers_agree():
     np.testing.assert_allclose(scan_model.embed("image", batch), loop_model.embed("image", batch), rtol=1e-5, atol=1e-6)
 
 
-def test_siglip_bias_starts_at_the_batch_prior(setup):
+def test_siglip_bias_starts_at_the_batch_prior():
     """b0 = -log B: with zero similarity a pair's sigmoid is 1/(B+1), about the 1-in-B share of
     positives; at SigLIP's 32k batch it is the paper's -10 (to within 0.5)."""
     import copy
     import math
     from omni.model import siglip_initial_bias
-    config, _, params = setup
+    config = small_config("--config.loss.contrastive.kind=siglip")
+    bias = float(Omni(config, nnx.Rngs(params=0)).logit_bias[...])
     batch = config.train.batch_size
-    assert float(params["logit_bias"]) == pytest.approx(-math.log(batch))
-    assert jax.nn.sigmoid(float(params["logit_bias"])) == pytest.approx(1 / (batch + 1))
+    assert bias == pytest.approx(-math.log(batch))
+    assert jax.nn.sigmoid(bias) == pytest.approx(1 / (batch + 1))
     big = copy.deepcopy(config)
     big.train.batch_size = 32768
     assert abs(siglip_initial_bias(big) - (-10.0)) < 0.5

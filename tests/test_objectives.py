@@ -5,7 +5,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni.objectives import infonce_loss, safe_mean, siglip_loss
+from omni.contrastive import infonce_loss, siglip_loss
+from omni.objectives import safe_mean
 
 
 def _unit_rows(rng, n, d):
