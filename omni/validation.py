@@ -57,5 +57,9 @@ def validate(config, num_devices: int) -> None:
                           "use einsum, blocked, xla, cudnn or fused")
     if config.data.on_error not in ("skip", "raise"):
         raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
+    group_size = config.data.get("group_size", 0)
+    if not isinstance(group_size, int) or group_size < 0:
+        raise ConfigError(f"data.group_size={group_size!r}: the records of one group batched together "
+                          "must be a whole number, 0 or 1 for no grouping")
     if config.train.steps < 1:
         raise ConfigError(f"train.steps={config.train.steps} must be at least 1")

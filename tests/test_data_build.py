@@ -4,6 +4,7 @@ reject reason lands in rejects.jsonl with its key, the dataset trains, and fuzze
 end as a clean per-sample reject."""
 import io
 import json
+import shutil
 import subprocess
 import tarfile
 
@@ -17,7 +18,7 @@ from PIL import Image
 
 from omni.data import rejects as R
 from omni.data.build import build
-from omni.data.records import open_split, split_names
+from omni.data.records import GROUP_INDEX, group_ids, open_split, split_names
 from omni.data.samples import EXTENSIONS, Options, manifest_sample, tar_sample
 from omni.errors import ManifestError
 from tests.conftest import MODEL_SMALL, omni_command
@@ -54,7 +55,8 @@ def write_shards(folder):
                         "json": meta})
     with webdataset.TarWriter(str(folder / "00001.tar")) as sink:
         for i in range(6):
-            sink.write({"__key__": f"snd{i:03d}", "wav": wav(300 + 100 * i), "txt": f"a tone of {300 + 100 * i} hertz"})
+            sink.write({"__key__": f"snd{i:03d}", "wav": wav(300 + 100 * i), "txt": f"a tone of {300 + 100 * i} hertz",
+                        "json": {"group": f"speaker {i % 2}"}})
     with webdataset.TarWriter(str(folder / "00002.tar")) as sink:
         good = png(COLORS["red"], 99)
         sink.write({"__key__": "ok000", "png": good, "txt": "a red square"})
@@ -79,7 +81,8 @@ def write_manifest(folder):
     lines = []
     for i in range(5):
         (folder / "img" / f"{i}.png").write_bytes(png(COLORS["green"], 200 + i))
-        lines.append(json.dumps({"id": f"m{i}", "text": f"green square {i}", "image": f"img/{i}.png"}))
+        lines.append(json.dumps({"id": f"m{i}", "text": f"green square {i}", "image": f"img/{i}.png",
+                                 **({"group": f"speaker {i % 2}"} if i < 4 else {})}))
     lines.append(json.dumps({"id": "m9", "text": "", "image": "img/0.png"}))  # an empty caption: dropped, image kept
     (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
     return str(folder / "manifest.jsonl")
@@ -114,6 +117,28 @@ def test_two_workers_give_the_records_of_one(builds):
     assert train_ids.index("00000/img001") < train_ids.index("00001/snd000") < train_ids.index("m0")
     assert [r["id"] for r in records_one["test"]][:2] == ["00000/img000", "00000/img004"]  # json split
     assert (root / "two" / "rejects.jsonl").read_bytes() == (root / "one" / "rejects.jsonl").read_bytes()
+
+
+def test_the_build_writes_each_records_group_in_its_index(builds, tmp_path):
+    """The group index (omni.data.order batches a group's records together) lists each record's
+    group id in read order, from WebDataset meta and manifest lines alike, with 1 and 2 workers;
+    without the index, the split is read for the same ids."""
+    root = builds[0]
+    for build_dir in ("one", "two"):
+        for split, split_records in all_records(root / build_dir).items():
+            source = open_split(root / build_dir, split)
+            index = source.path / GROUP_INDEX.format(split=split)
+            assert index.exists()
+            want = group_ids([r["group"] for r in split_records])
+            np.testing.assert_array_equal(source.groups(), want)
+    train = all_records(root / "one")["train"]
+    groups = {r["id"]: r["group"] for r in train}
+    assert groups["00001/snd001"] == groups["m1"] == "speaker 1" and groups["00000/img001"] == ""
+    copy = tmp_path / "no-index"
+    shutil.copytree(root / "one", copy)
+    ids = open_split(copy, "train").groups()
+    (open_split(copy, "train").path / GROUP_INDEX.format(split="train")).unlink()
+    np.testing.assert_array_equal(open_split(copy, "train").groups(), ids)
 
 
 def test_every_reject_reason_is_written_with_its_key(builds):

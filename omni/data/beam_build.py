@@ -5,7 +5,9 @@
 Each work item (a tar shard, a block of manifest lines) is read, checked sample by sample
 (omni.data.samples: each modality's decode check) and written by one worker straight into its own
 files, one per split (`<split>-<index>.array_record`), with its rejects beside them
-(`rejects-<index>.jsonl`) and a small summary (`done-<index>.json`, which the progress line counts).
+(`rejects-<index>.jsonl`), the group ids of its records (`groups-<split>-<index>.npy`, joined into
+the split's group index at the end) and a small summary (`done-<index>.json`, which the progress
+line counts).
 No record ever passes through a shuffle: memory stays at one sample per worker whatever the size
 of the dataset, and on the DirectRunner, which holds every shuffled element in memory, that is
 what keeps a large build within the machine. The index of the item fixes where its records go in
@@ -40,6 +42,7 @@ class _WithoutApitoolsWarning(logging.Filter):
 logging.getLogger().addFilter(_WithoutApitoolsWarning())
 
 from array_record.python.array_record_module import ArrayRecordWriter  # noqa: E402
+import numpy as np  # noqa: E402
 from etils import epath  # noqa: E402
 
 from omni.data import records, sources  # noqa: E402
@@ -83,7 +86,7 @@ def build_item(item: sources.WorkItem, scratch: str, options: Options, strict: b
 
     encode = records.RecordEncoder()
     scratch = epath.Path(scratch)
-    writers, counts, sizes, reasons = {}, {}, {}, {}
+    writers, counts, sizes, reasons, groups = {}, {}, {}, {}, {}
     dropped = rejected = 0
     rejects_path = scratch / part_name("rejects", item.index)
     try:
@@ -105,6 +108,7 @@ def build_item(item: sources.WorkItem, scratch: str, options: Options, strict: b
                                                        "group_size:1")
                 data = encode(outcome.record)
                 writers[split].write(data)
+                groups.setdefault(split, []).append(records.group_id(outcome.record.get("group", "")))
                 counts[split] = counts.get(split, 0) + 1
                 sizes[split] = sizes.get(split, 0) + len(data)
                 count("samples")
@@ -112,6 +116,9 @@ def build_item(item: sources.WorkItem, scratch: str, options: Options, strict: b
         for writer in writers.values():
             writer.close()
     count("rejected_samples", rejected)
+    for split, ids in groups.items():  # this item's slice of the split's group index
+        with (scratch / part_name("groups", item.index, split)).open("wb") as f:
+            np.save(f, np.asarray(ids, np.int64))
     summary = {"index": item.index, "name": item.name(), "counts": counts, "bytes": sizes,
                "reasons": reasons, "rejected": rejected, "dropped_fields": dropped}
     done = scratch / part_name("done", item.index)

@@ -16,6 +16,7 @@ import sys
 import time
 import traceback
 
+import numpy as np
 from etils import epath
 
 from omni.data import beam_build, records
@@ -49,8 +50,23 @@ def _place_shards(scratch: epath.Path, dataset: epath.Path, summaries: list[dict
         for position, (index, _, _) in enumerate(parts):
             source = scratch / part_name("split", index, split)
             source.rename(records.shard_path(version_dir, split, position, len(parts)))
+        _join_group_index(scratch, version_dir, split, parts)
     return {split: ([count for _, count, _ in parts], sum(size for _, _, size in parts))
             for split, parts in splits.items()}
+
+
+def _join_group_index(scratch: epath.Path, version_dir: epath.Path, split: str, parts) -> None:
+    """The items' group ids, in item order, into the split's group index (a .npy file written as
+    a stream, item by item: the build's memory does not grow with the dataset)."""
+    total = sum(count for _, count, _ in parts)
+    with (version_dir / records.GROUP_INDEX.format(split=split)).open("wb") as out:
+        np.lib.format.write_array_header_1_0(out, {"descr": np.dtype(np.int64).str, "fortran_order": False,
+                                                   "shape": (total,)})
+        for item, _, _ in parts:
+            path = scratch / part_name("groups", item, split)
+            with path.open("rb") as f:
+                out.write(np.load(f).astype(np.int64).tobytes())
+            path.unlink()
 
 
 def _gather_rejects(scratch: epath.Path, summaries: list[dict], out: epath.Path, log) -> None:

@@ -1,9 +1,9 @@
 """From records to static-shape numpy batches, deterministically.
 
-Training order is a pure function of (seed, position): the example at global position k is record
-`perm_e[k mod n]` of epoch e = k // n, where perm_e is a permutation seeded by (seed, e). Batch s
-holds positions [s*B, (s+1)*B); process p of P takes its contiguous 1/P of them. So resuming at
-step s replays exactly what an uninterrupted run would read, and a checkpoint needs only the step.
+Training order is a pure function of (seed, position) (omni.data.order: record perm_e[k mod n] at
+global position k, optionally in runs of one group). Batch s holds positions [s*B, (s+1)*B);
+process p of P takes its contiguous 1/P of them. So resuming at step s replays exactly what an
+uninterrupted run would read, and a checkpoint needs only the step.
 
 grain runs the per-batch work (read, decode, tokenize, resize) on threads and prefetches ahead.
 Every batch holds every configured modality at its fixed shape plus a `<name>/present` bit; a
@@ -12,13 +12,13 @@ config.data.on_error).
 """
 from __future__ import annotations
 
-import functools
 from pathlib import Path
 
 import jax
 import numpy as np
 
 from omni.data.default import ensure_default_dataset
+from omni.data.order import EpochOrder
 from omni.data.records import open_split
 from omni.errors import DataError
 from omni.modalities import registry
@@ -81,29 +81,14 @@ def stack(rows: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
-class EpochOrder:
-    """Global position -> record index, reshuffled every epoch from (seed, epoch)."""
-
-    def __init__(self, num_records: int, seed: int):
-        if num_records == 0:
-            raise DataError("the training split is empty")
-        self.n = num_records
-        self.seed = seed
-
-    @functools.lru_cache(maxsize=4)
-    def permutation(self, epoch: int) -> np.ndarray:
-        return np.random.default_rng((self.seed, 0, epoch)).permutation(self.n)
-
-    def __getitem__(self, position: int) -> int:
-        return int(self.permutation(position // self.n)[position % self.n])
-
-
 def training_batches(source, config, assets, start_step: int = 0):
     """Iterator over (local numpy batch, problems) for steps start_step .. train.steps-1."""
     global_batch = int(config.train.batch_size)
     processes, process = jax.process_count(), jax.process_index()
     local = global_batch // processes
-    order = EpochOrder(len(source), int(config.train.seed))
+    group_size = int(config.data.get("group_size", 0))
+    groups = source.groups() if group_size > 1 else None
+    order = EpochOrder(len(source), int(config.train.seed), groups, group_size)
     encode = ExampleEncoder(config, assets, train=True)
 
     def make_batch(step: int):

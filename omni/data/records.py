@@ -1,7 +1,8 @@
 """The on-disk dataset format: a TFDS dataset in array_record files (no TensorFlow needed).
 
 Every record has the same fields, whatever modalities it holds (an empty value = absent):
-  id, label, source (where it came from, for error messages), and one field per registered
+  id, label, source (where it came from, for error messages), group (records that share one can
+  be batched together: `data.group_size`, omni.data.order), and one field per registered
   modality: the encoded file's bytes for a file modality (image, audio, video: decoded on the host
   at load time), text otherwise (text as UTF-8, smell as JSON {"smiles": [...], "weights": [...]}).
   Each modality's `encode` turns its field into arrays; see omni/modalities. A dataset built
@@ -12,15 +13,18 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
+from omni.errors import DataError
 from omni.modalities import registry
 
-META_FIELDS = ("id", "label", "source")
+META_FIELDS = ("id", "label", "source", "group")
+GROUP_INDEX = "groups-{split}.npy"  # beside dataset_info.json: each record's group id, -1 = none
 
 
 def fields() -> tuple[str, ...]:
@@ -120,7 +124,29 @@ def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
     builder = _builder_class()(splits=splits, data_dir=str(out_dir), file_format="array_record")
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress on stdout; keep stdout for JSON
         builder.download_and_prepare()
+    version_dir = _version_dir(out_dir)
+    for split, split_records in splits.items():
+        write_group_index(version_dir, split, [record.get("group", "") for record in split_records])
     return out_dir
+
+
+def group_id(name: str) -> int:
+    """A group name -> a non-negative 63-bit id (BLAKE2b of its UTF-8), the same in every process
+    and build worker without a shared table; an empty name (no group) -> -1."""
+    if not name:
+        return -1
+    return int.from_bytes(hashlib.blake2b(name.encode("utf-8"), digest_size=8).digest(), "little") >> 1
+
+
+def group_ids(groups) -> np.ndarray:
+    """Group names -> int64 ids (group_id of each)."""
+    return np.fromiter((group_id(g) for g in groups), np.int64)
+
+
+def write_group_index(version_dir, split: str, groups) -> None:
+    """Write a split's group index at build time (the group name of each record, in order), so
+    that grouped batching never has to read the records to find their groups."""
+    np.save(Path(version_dir) / GROUP_INDEX.format(split=split), group_ids(groups))
 
 
 def _version_dir(data_dir: Path) -> Path:
@@ -147,6 +173,21 @@ class Split:
 
     def __len__(self) -> int:
         return len(self._source)
+
+    def groups(self) -> np.ndarray:
+        """Each record's group id (-1 = none), from the index the build wrote. A dataset built
+        without one (by the Beam build, or before groups existed) is read once, record by
+        record, and the caller is told so on stderr: one pass over the split."""
+        path = self.path / GROUP_INDEX.format(split=self.split)
+        if path.exists():
+            ids = np.load(path, mmap_mode="r")
+            if len(ids) != len(self):
+                raise DataError(f"{path}: {len(ids)} group ids for {len(self)} records of split "
+                                f"'{self.split}'; rebuild the dataset")
+            return ids
+        print(f"{self.path}: no group index for split '{self.split}'; reading the group of each of "
+              f"its {len(self)} records", file=sys.stderr)
+        return group_ids(self[i].get("group", "") for i in range(len(self)))
 
     def __getitem__(self, index: int) -> dict:
         raw = self._source[int(index)]

@@ -57,8 +57,8 @@ class Outcome:
 
 
 def known_fields() -> set[str]:
-    """Fields a manifest line may hold: id, split, label and every registered modality."""
-    return {"id", "split", "label", *registry.MODALITIES}
+    """Fields a manifest line may hold: id, split, label, group and every registered modality."""
+    return {"id", "split", "label", "group", *registry.MODALITIES}
 
 
 def stable_split(key: str, test_fraction: float) -> str:
@@ -120,7 +120,7 @@ def manifest_sample(raw: bytes, manifest: str, number: int, root, options: Optio
         out.rejects.append(R.Reject(where, key, R.UNKNOWN_FIELD,
                                     f"unknown field(s) {', '.join(sorted(map(str, unknown)))} ignored "
                                     f"(known: {', '.join(sorted(known_fields()))})", kept=True))
-    record = {"id": key, "label": str(entry.get("label", ""))}
+    record = {"id": key, "label": str(entry.get("label", "")), "group": str(entry.get("group", ""))}
     dropped, sources = [], []
     for name, modality in registry.MODALITIES.items():
         if name not in entry:
@@ -211,8 +211,9 @@ def tar_sample(members: dict[str, bytes], shard: str, key: str, options: Options
         out.rejects.append(R.Reject(where, key, R.MISSING_CAPTION,
                                     f"sample {key} has no caption (a .txt or .caption member)"))
         return out
-    if meta.get("label") is not None:
-        record["label"] = str(meta["label"])
+    for field in ("label", "group"):
+        if meta.get(field) is not None:
+            record[field] = str(meta[field])
     split, bad = _split(meta.get("split"), sample_id, options, where)
     if bad:
         out.rejects.append(bad)

@@ -14,7 +14,7 @@ from omni.data.default.prose import prose_sentences
 from omni.data.default.speech import spoken_digit_records
 from omni.data.records import write_dataset
 
-VERSION = "v5"  # v5: speech samples no longer depend on the process (espeak noise seeded)
+VERSION = "v6"  # v6: each spoken clip's group is its voice (v5: speech samples no longer depend on the process)
 TEXT_ONLY_SENTENCES = 1000
 SPOKEN_CAPTIONS = 1200
 MOTION_CLIPS = 600

@@ -232,8 +232,8 @@ SPEECH_CAPTIONS = [
 
 def spoken_digit_records(count: int, sample_rate: int = 16000, max_seconds: float = 1.2,
                          seed: int = 0) -> list[dict]:
-    """`count` short spoken digit words (id speech-<i>, label = the digit word): each says the
-    word alone or in a short phrase, in one of VOICES at a varied rate and pitch, silence-trimmed,
+    """`count` short spoken digit words (id speech-<i>, label = the digit word, group = the
+    voice): each says the word alone or in a short phrase, in one of VOICES at a varied rate and pitch, silence-trimmed,
     peak-normalised and resampled to `sample_rate`, never longer than `max_seconds`."""
     records = []
     for i in range(count):
@@ -259,5 +259,6 @@ def spoken_digit_records(count: int, sample_rate: int = 16000, max_seconds: floa
             "source": f"espeak-ng voice {voice} rate {rate} pitch {pitch}: {phrase!r}",
             "text": caption,
             "audio": wav_bytes(waveform, sample_rate),
+            "group": f"voice {voice}",  # the speaker: omni.data.order batches a voice's clips together
         })
     return records
