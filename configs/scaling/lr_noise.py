@@ -28,6 +28,8 @@ def get_config():
     c.runner = "local"
     c.overrides = [
         "--config.modalities=text,image",
+        "--config.loss.contrastive.kind=siglip",  # as measured (tiny.py has used InfoNCE since)
+        "--config.data.group_size=0",             # as measured (tiny.py batches a voice together since)
         "--config.model.depth=2",
         "--config.model.heads=2",
         "--config.model.width=16",
