@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omni.data.order import EpochOrder
+from omni.data.records import group_ids, open_split, write_dataset
 
 
 def same_group_neighbours(order, groups) -> int:
@@ -48,3 +49,16 @@ def test_grouped_order_is_a_permutation_with_its_runs(group_list, group_size, se
     assert sorted(order) == list(range(len(groups)))
     sizes = np.bincount(groups[groups >= 0], minlength=5)
     assert same_group_neighbours(order, groups) >= sum(m - math.ceil(m / group_size) for m in sizes)
+
+
+def test_the_group_index_of_a_written_dataset_follows_its_read_order(tmp_path):
+    """TFDS's writer shuffles records by their keys: the index must list the groups in the order
+    the split reads back, not in the order the records were handed in."""
+    records = [{"id": f"r{i}", "text": f"caption {i}", "group": f"speaker {i % 3}" if i % 2 else ""}
+               for i in range(40)]
+    write_dataset({"train": records}, tmp_path)
+    split = open_split(tmp_path, "train")
+    read_order = [split[i]["id"] for i in range(len(split))]
+    assert read_order != [r["id"] for r in records]  # the writer did reorder them
+    group_of = {r["id"]: r.get("group", "") for r in records}
+    np.testing.assert_array_equal(split.groups(), group_ids(group_of[i] for i in read_order))

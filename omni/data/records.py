@@ -124,9 +124,12 @@ def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
     builder = _builder_class()(splits=splits, data_dir=str(out_dir), file_format="array_record")
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints progress on stdout; keep stdout for JSON
         builder.download_and_prepare()
+    # TFDS's writer shuffles the records (by a hash of their keys), so the index is read back
+    # from the files in their final order: one pass over records that were all in memory anyway.
     version_dir = _version_dir(out_dir)
-    for split, split_records in splits.items():
-        write_group_index(version_dir, split, [record.get("group", "") for record in split_records])
+    for split in splits:
+        written = Split(out_dir, split)
+        write_group_index(version_dir, split, (written[i].get("group", "") for i in range(len(written))))
     return out_dir
 
 
@@ -144,7 +147,7 @@ def group_ids(groups) -> np.ndarray:
 
 
 def write_group_index(version_dir, split: str, groups) -> None:
-    """Write a split's group index at build time (the group name of each record, in order), so
+    """Write a split's group index at build time (the group name of each record, in read order), so
     that grouped batching never has to read the records to find their groups."""
     np.save(Path(version_dir) / GROUP_INDEX.format(split=split), group_ids(groups))
 
