@@ -1,7 +1,7 @@
 """Masked and contrastive objectives, and their weighted mixture.
 
 Objectives (config.loss.<name>.weight each):
-  * contrastive: SigLIP sigmoid loss (default) or InfoNCE between the unimodal CLS embeddings of
+  * contrastive: InfoNCE or SigLIP (omni.contrastive) between the unimodal CLS embeddings of
     every pair of modalities, over the rows where both are present;
   * per-modality masked modelling (mlm for text, mim for image, ...): reconstruct the masked tokens
     of examples in which that modality is the ONLY one present;
