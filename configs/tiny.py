@@ -59,7 +59,7 @@ def get_config():
         mmm=ml_collections.ConfigDict(dict(weight=0.5)),
         # InfoNCE, not SigLIP: with SigLIP the embeddings of one voice fell onto one point whatever
         # digit it said, and audio <-> text stayed near chance; InfoNCE took audio -> text R@1 from
-        # 0.035 to 0.485 in the same run (docs/evaluation.md). SigLIP stays for large batches.
+        # 0.035 to 0.485 in the same run (docs/evaluation.md). configs/base.py keeps SigLIP.
         contrastive=ml_collections.ConfigDict(dict(weight=1.0, kind="infonce")),
         # matching with hard negatives (omni/matching.py); pairs: "image-text,..." or "" = every pair;
         # rows: each pair's co-occurring rows scored per step (0 = the whole batch). Off by default:
@@ -71,7 +71,7 @@ def get_config():
         path="",                 # empty = the embedded default dataset
         modality_dropout=0.1,    # chance that a multimodal training example keeps only one modality
         on_error="skip",         # skip (count, log path and reason) | raise
-        group_size=0,            # > 1: a group's records (e.g. a speaker's) come in runs of this many (omni/data/order.py)
+        group_size=0,            # > 1: a group's records (a speaker's) in runs of this many (omni/data/order.py)
         num_threads=2, prefetch=4,
     ))
     c.eval = ml_collections.ConfigDict(dict(

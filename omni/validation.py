@@ -59,7 +59,7 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
     group_size = config.data.get("group_size", 0)
     if not isinstance(group_size, int) or group_size < 0:
-        raise ConfigError(f"data.group_size={group_size!r}: the records of one group batched together "
-                          "must be a whole number, 0 or 1 for no grouping")
+        raise ConfigError(f"data.group_size={group_size!r}: use a whole number >= 0 (runs of this many "
+                          "records of one group; 0 or 1 = no grouping)")
     if config.train.steps < 1:
         raise ConfigError(f"train.steps={config.train.steps} must be at least 1")

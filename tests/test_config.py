@@ -56,6 +56,7 @@ def test_bad_overrides(override, message):
     (["--config.loss.contrastive.kind=hinge"], 1, "siglip or infonce"),
     (["--config.loss.itm.rows=100"], 1, "loss.itm.rows=100"),                        # over the batch of 64
     (["--config.loss.itm.rows=6", "--config.mesh.data=4"], 4, "loss.itm.rows=6"),     # 6 rows on 4 shards
+    (["--config.data.group_size=-2"], 1, "data.group_size=-2"),
 ])
 def test_validation_errors(overrides, devices, message):
     config = load_config(None, overrides)

@@ -233,8 +233,9 @@ SPEECH_CAPTIONS = [
 def spoken_digit_records(count: int, sample_rate: int = 16000, max_seconds: float = 1.2,
                          seed: int = 0) -> list[dict]:
     """`count` short spoken digit words (id speech-<i>, label = the digit word, group = the
-    voice): each says the word alone or in a short phrase, in one of VOICES at a varied rate and pitch, silence-trimmed,
-    peak-normalised and resampled to `sample_rate`, never longer than `max_seconds`."""
+    voice): each says the word alone or in a short phrase, in one of VOICES at a varied rate and
+    pitch, silence-trimmed, peak-normalised and resampled to `sample_rate`, never longer than
+    `max_seconds`."""
     records = []
     for i in range(count):
         rng = np.random.default_rng([seed, 7, i])
