@@ -1,9 +1,9 @@
 """How precisely one sweep can place a learning-rate optimum, and muP's transfer at that
 precision: the base width of `mup_transfer.py` (width 16, where SP and muP are one model) trained
 for 300 steps instead of 100, four seeds, learning rates 2.83e-3 .. 2.26e-2 on a factor-sqrt(2)
-grid; then muP at widths 32 and 64 on the same grid, three seeds each, and two seeds above it
-(3.2e-2, 4.53e-2), where those widths' minima turned out to lie. On 2026-11-30 the third seed of
-the muP curves was stopped for time after 2 of its 14 runs (docs/scaling.md).
+grid; then muP at widths 32 and 64 on the same grid and above it (3.2e-2, 4.53e-2), where those
+widths' minima turned out to lie: first two seeds, then (later the same day) a third and a
+fourth, so that every width has four (docs/scaling.md).
 
 Run:  omni sweep --config configs/scaling/lr_noise.py --out runs/scaling/lr_noise
       omni scaling lr-transfer runs/scaling/lr_noise
@@ -52,7 +52,10 @@ def get_config():
     c.points = [("sp-w016", lr, f"seed{k}") for k in range(SEEDS) for lr in lr_names]
     c.points += [(curve, lr, f"seed{k}") for k in range(3) for lr in lr_names for curve in ("mup-w064", "mup-w032")]
     c.points += [(curve, f"lr{round(lr * 1e5):05d}e-5", f"seed{k}")
-                 for k in range(2) for lr in HIGH_LRS for curve in ("mup-w064", "mup-w032")]
+                 for k in range(3) for lr in HIGH_LRS for curve in ("mup-w064", "mup-w032")]
+    # a fourth seed of the muP curves, appended so that the points above keep their indices
+    c.points += [(curve, f"lr{round(lr * 1e5):05d}e-5", "seed3")
+                 for lr in LRS + HIGH_LRS for curve in ("mup-w064", "mup-w032")]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True
