@@ -57,7 +57,7 @@ def test_state_bytes_per_device_fall_as_one_over_fsdp(mesh_runs):
 def test_chunked_contrastive_loss_equals_gathered_and_never_all_gathers(contrastive_runs, kind):
     result = contrastive_runs[kind]
     assert abs(result["loss"] - result["reference"]) <= 1e-5 * abs(result["reference"])
-    assert result["grad_max_abs_diff"] <= 1e-5 * max(1.0, result["grad_max_abs"])
+    assert result["grad_max_abs_diff"] <= 1e-5
     assert result["collective_permutes"] > 0 and result["all_gathers"] == 0
 
 
