@@ -31,18 +31,19 @@ def siglip_loss(za, zb, logit_scale, logit_bias, valid):
     """Sigmoid loss of Zhai et al. (2023), eq. 1:
     loss = -1/n * sum_ij log sigmoid(label_ij * (exp(t) za_i.zb_j + b)), label = +1 on the diagonal,
     -1 elsewhere, over rows and columns that are valid; n = number of valid rows."""
-    logits = jnp.exp(logit_scale) * (za @ zb.T) + logit_bias
-    labels = 2.0 * jnp.eye(za.shape[0]) - 1.0
-    pair_valid = valid[:, None] & valid[None, :]
-    per_pair = jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0)
-    return -jnp.sum(per_pair) / jnp.maximum(jnp.sum(valid), 1)
+    total = _siglip_block_sum(za, zb, logit_scale, logit_bias, valid, valid, diagonal=True)
+    return -total / jnp.maximum(jnp.sum(valid), 1)
+
+
+def _infonce_logits(za, zb, scale, valid_a, valid_b):
+    """scale * za.zb^T, with MASKED where a row or a column is invalid."""
+    return jnp.where(valid_a[:, None] & valid_b[None, :], scale * (za @ zb.T), MASKED)
 
 
 def infonce_loss(za, zb, logit_scale, valid):
     """CLIP's symmetric softmax cross-entropy over valid rows/columns, averaged over both
     directions: 1/n sum_i [lse_j(s za_i.zb_j) + lse_j(s za_j.zb_i)] / 2 - s za_i.zb_i, s = exp(t)."""
-    logits = jnp.exp(logit_scale) * (za @ zb.T)
-    logits = jnp.where(valid[:, None] & valid[None, :], logits, MASKED)
+    logits = _infonce_logits(za, zb, jnp.exp(logit_scale), valid, valid)
     diagonal = jnp.diagonal(logits)
     a_to_b = jax.nn.logsumexp(logits, axis=1) - diagonal
     b_to_a = jax.nn.logsumexp(logits, axis=0) - diagonal
@@ -99,19 +100,15 @@ def infonce_loss_chunked(za, zb, logit_scale, valid):
         return infonce_loss(za, zb, logit_scale, valid)
     shards, ring = _ring(axes)
 
-    def block(za, zb, valid_a, valid_b, scale):
-        logits = scale * (za @ zb.T)
-        return jnp.where(valid_a[:, None] & valid_b[None, :], logits, MASKED)
-
     def local(za, zb, valid_a, valid_b, t):
         scale = jnp.exp(t)
-        own = block(za, zb, valid_a, valid_b, scale)
+        own = _infonce_logits(za, zb, scale, valid_a, valid_b)
         diagonal = jnp.diagonal(own)
         rows_lse = jax.nn.logsumexp(own, axis=1)
         cols_lse = jax.nn.logsumexp(own, axis=0)
         for _ in range(shards - 1):
             zb, valid_b, cols_lse = jax.lax.ppermute((zb, valid_b, cols_lse), axes, ring)
-            visiting = block(za, zb, valid_a, valid_b, scale)
+            visiting = _infonce_logits(za, zb, scale, valid_a, valid_b)
             rows_lse = jnp.logaddexp(rows_lse, jax.nn.logsumexp(visiting, axis=1))
             cols_lse = jnp.logaddexp(cols_lse, jax.nn.logsumexp(visiting, axis=0))
         if shards > 1:

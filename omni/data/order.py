@@ -39,7 +39,7 @@ def grouped_order(order: np.ndarray, groups: np.ndarray, group_size: int,
     first_of_group = np.maximum.accumulate(np.where(group_start, np.arange(len(members)), 0))
     run_start = (np.arange(len(members)) - first_of_group) % group_size == 0
     runs = np.cumsum(run_start) - 1
-    num_runs = int(runs[-1]) + 1 if len(runs) else 0
+    num_runs = int(runs[-1]) + 1
     unit = np.concatenate([runs, num_runs + np.arange(len(singles))])
     position_of_unit = rng.permutation(num_runs + len(singles))
     return np.concatenate([members, singles])[np.argsort(position_of_unit[unit], kind="stable")]
