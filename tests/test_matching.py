@@ -81,8 +81,21 @@ def test_fingerprint_matches_equal_contents_only():
     assert image[0] == image[1] != image[2]       # one ulp differs
 
 
+def test_albef_score_adds_the_cosine_to_the_matching_logit():
+    from omni.eval.rerank import albef_score, reranked_similarity, top_k_scores
+    similarity = np.array([[0.9, 0.5, 0.1, 0.0]])           # one query, four targets
+    logits = {0: 0.0, 1: 0.3, 2: 5.0, 3: 9.0}                # target 3 is outside the top 3
+    top, matching = top_k_scores(similarity, 3, lambda rows, cols: [logits[c] for c in cols])
+    assert top.tolist() == [[0, 1, 2]] and matching.tolist() == [[0.0, 0.3, 5.0]]
+    score = albef_score(similarity, top, matching)
+    assert np.allclose(score, [[0.9, 0.8, 5.1]])
+    # 0.9 + 0.0 beats 0.5 + 0.3: the cosine breaks what the matching logit alone would reverse.
+    order = np.argsort(-reranked_similarity(similarity, top, score), axis=1)[0].tolist()
+    assert order == [2, 0, 1, 3]
+
+
 def test_reranking_with_an_oracle_puts_the_right_target_first():
-    from omni.eval.rerank import reranked_similarity
+    from omni.eval.rerank import reranked_similarity, top_k_scores
     from omni.eval.retrieval import recall_at_k
     rng = np.random.default_rng(0)
     n = 12
@@ -91,11 +104,12 @@ def test_reranking_with_an_oracle_puts_the_right_target_first():
     for i in range(n):  # the right target ranks third by the contrastive score
         similarity[i, i] = np.sort(np.delete(similarity[i], i))[-2] - 1e-3
     oracle = lambda rows, cols: correct[rows, cols].astype(float)  # noqa: E731
+    rerank = lambda k: reranked_similarity(similarity, *top_k_scores(similarity, k, oracle))  # noqa: E731
     assert recall_at_k(similarity, correct)["R@1"] == 0.0
-    assert recall_at_k(reranked_similarity(similarity, 3, oracle), correct)["R@1"] == 1.0
-    assert recall_at_k(reranked_similarity(similarity, 2, oracle), correct)["R@1"] == 0.0  # not in the top 2
+    assert recall_at_k(rerank(3), correct)["R@1"] == 1.0
+    assert recall_at_k(rerank(2), correct)["R@1"] == 0.0  # not in the top 2
     # Beyond the top k the contrastive order stays.
-    reranked = reranked_similarity(similarity, 3, oracle)
+    reranked = rerank(3)
     rest = np.argsort(-reranked, axis=1, kind="stable")[:, 3:]
     assert np.array_equal(rest, np.argsort(-similarity, axis=1, kind="stable")[:, 3:])
 

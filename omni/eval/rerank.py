@@ -1,7 +1,12 @@
 """Re-ranking retrieval with the matching head (ALBEF / BLIP's retrieval recipe): the contrastive
 embeddings pick each query's top-K candidates cheaply, and the fused matching pass (which sees
 query and candidate together) re-orders those K. Candidates beyond K keep their contrastive order.
-The result keeps the contrastive R@1/5/10 and adds R@1_rerank, R@5_rerank, R@10_rerank."""
+
+The re-ranking score is ALBEF's: the matching logit PLUS the contrastive cosine of the pair
+(ALBEF's Retrieval.py, `score_matrix_i2t[i, topk_idx] = score + topk_sim`; BLIP's likewise), so
+the head refines the contrastive ranking rather than replacing it. The result keeps the
+contrastive R@1/5/10 and adds R@1_rerank, R@5_rerank, R@10_rerank (that sum) and
+R@1_matching, R@5_matching, R@10_matching (the matching logit alone, for comparison)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,14 +17,23 @@ from omni.eval.retrieval import RECALL_AT, chance_recall, paired_rows, recall_at
 from omni.modalities.registry import itm_pairs
 
 
-def reranked_similarity(similarity: np.ndarray, k: int, match_scores) -> np.ndarray:
-    """similarity [Q, T]; match_scores(query_rows, target_cols) -> scores of those pairs. Returns
-    a [Q, T] score whose ranking puts each query's contrastive top-k first, ordered by the
-    matching score, then every other target in its contrastive order."""
+def top_k_scores(similarity: np.ndarray, k: int, match_scores) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's contrastive top-k targets [Q, k] and their matching scores [Q, k], from
+    match_scores(query_rows, target_cols) -> scores of those pairs."""
     k = min(k, similarity.shape[1])
     top = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     rows = np.repeat(np.arange(similarity.shape[0]), k)
-    scores = np.asarray(match_scores(rows, top.reshape(-1)), np.float64).reshape(top.shape)
+    return top, np.asarray(match_scores(rows, top.reshape(-1)), np.float64).reshape(top.shape)
+
+
+def albef_score(similarity: np.ndarray, top: np.ndarray, matching: np.ndarray) -> np.ndarray:
+    """ALBEF's re-ranking score of each query's top targets: matching logit + contrastive cosine."""
+    return matching + np.take_along_axis(similarity, top, axis=1)
+
+
+def reranked_similarity(similarity: np.ndarray, top: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """A [Q, T] score whose ranking puts each query's `top` targets first, ordered by `scores`
+    [Q, k], then every other target in its contrastive order."""
     # Below every top-k entry: the rest keep their contrastive order.
     out = similarity.astype(np.float64) - (np.abs(similarity).max() * 2 + 1)
     span = np.abs(scores).max() + 1
@@ -83,6 +97,9 @@ def retrieval_with_rerank(setup, params, source, config, assets, query: str, tar
     query_inputs = modality_inputs([rq[i] for i in rows], config, assets, query)
     target_inputs = modality_inputs([rt[j] for j in cols], config, assets, target)
     scorer = pair_scorer(setup, params, config, query, target, query_inputs, target_inputs)
-    reranked = recall_at_k(reranked_similarity(similarity, k, scorer), correct)
+    top, matching = top_k_scores(similarity, k, scorer)
+    reranked = recall_at_k(reranked_similarity(similarity, top, albef_score(similarity, top, matching)), correct)
+    matching_only = recall_at_k(reranked_similarity(similarity, top, matching), correct)
     return {**recall_at_k(similarity, correct), **{f"{key}_rerank": v for key, v in reranked.items()},
+            **{f"{key}_matching": v for key, v in matching_only.items()},
             **chance_recall(correct), "n": int(len(rows)), "rerank_k": int(k)}
