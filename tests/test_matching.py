@@ -95,7 +95,7 @@ def test_albef_score_adds_the_cosine_to_the_matching_logit():
 
 
 def test_reranking_with_an_oracle_puts_the_right_target_first():
-    from omni.eval.rerank import reranked_similarity, top_k_scores
+    from omni.eval.rerank import albef_score, reranked_similarity, top_k_scores
     from omni.eval.retrieval import recall_at_k
     rng = np.random.default_rng(0)
     n = 12
@@ -108,6 +108,10 @@ def test_reranking_with_an_oracle_puts_the_right_target_first():
     assert recall_at_k(similarity, correct)["R@1"] == 0.0
     assert recall_at_k(rerank(3), correct)["R@1"] == 1.0
     assert recall_at_k(rerank(2), correct)["R@1"] == 0.0  # not in the top 2
+    # ALBEF's score too, with cosines (in [-1, 1], same order) and a confident oracle logit.
+    cosine = np.tanh(similarity)
+    top, matching = top_k_scores(cosine, 3, lambda rows, cols: 10.0 * oracle(rows, cols))
+    assert recall_at_k(reranked_similarity(cosine, top, albef_score(cosine, top, matching)), correct)["R@1"] == 1.0
     # Beyond the top k the contrastive order stays.
     reranked = rerank(3)
     rest = np.argsort(-reranked, axis=1, kind="stable")[:, 3:]
