@@ -25,9 +25,15 @@ from flax import nnx
 from omni import mup
 
 
-def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float = "normal", scale: float = 0.02):
-    """An nnx.Param with logical axis names. init: 'normal' (std=scale), 'zeros', 'ones' or a constant."""
-    if isinstance(init, (int, float)):
+def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float | np.ndarray = "normal",
+          scale: float = 0.02):
+    """An nnx.Param with logical axis names. init: 'normal' (std=scale), 'zeros', 'ones', a constant
+    or an array of the starting values."""
+    if isinstance(init, np.ndarray):
+        if init.shape != tuple(shape):
+            raise ValueError(f"initial values of shape {init.shape} for a parameter of shape {tuple(shape)}")
+        value = jnp.asarray(init, jnp.float32)
+    elif isinstance(init, (int, float)):
         value = jnp.full(shape, init, jnp.float32)
     elif init == "zeros":
         value = jnp.zeros(shape, jnp.float32)

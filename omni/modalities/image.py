@@ -14,6 +14,7 @@ from PIL import Image
 
 from omni.errors import ConfigError
 from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask
+from omni.modalities.positions import position_tables
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
 
@@ -74,8 +75,9 @@ class ImageStem(ReconstructingStem):
         grid = cfg.size // cfg.patch
         patch_dim = cfg.patch * cfg.patch * 3
         self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
-        self.rows = param(rngs, (grid, width), ("length", "embed"))
-        self.cols = param(rngs, (grid, width), ("length", "embed"))
+        rows, cols = position_tables(config, (grid, grid), width)
+        self.rows = param(rngs, (grid, width), ("length", "embed"), init=rows)
+        self.cols = param(rngs, (grid, width), ("length", "embed"), init=cols)
         self.init_reconstruction(rngs, config, patch_dim)
 
     def _patches(self, inputs):

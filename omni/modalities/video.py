@@ -26,6 +26,7 @@ from omni.errors import ConfigError
 from omni.modalities.base import Dense, Modality, param
 from omni.modalities import image
 from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, patchify
+from omni.modalities.positions import position_tables
 
 STRATEGIES = ("keyframes", "uniform")
 
@@ -192,9 +193,10 @@ class VideoStem(image.ImageStem):
             self.proj = image_stem.proj
         else:
             self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
-        self.rows = param(rngs, (grid, width), ("length", "embed"))
-        self.cols = param(rngs, (grid, width), ("length", "embed"))
-        self.time = param(rngs, (cfg.num_frames, width), ("length", "embed"))
+        rows, cols, time = position_tables(config, (grid, grid, cfg.num_frames), width)
+        self.rows = param(rngs, (grid, width), ("length", "embed"), init=rows)
+        self.cols = param(rngs, (grid, width), ("length", "embed"), init=cols)
+        self.time = param(rngs, (cfg.num_frames, width), ("length", "embed"), init=time)
         self.init_reconstruction(rngs, config, patch_dim)
 
     def _patches(self, inputs):
