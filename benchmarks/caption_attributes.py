@@ -8,12 +8,18 @@ it prints how often the top-1 caption has the right colour pair, the right place
 digit: by the contrastive score and, for a run with a matching head on image-text, by the
 matching logit alone among the contrastive top K (default 10). It also prints how many of the
 top K share the query's colour pair and place: what re-ranking has to tell apart.
+
+Last, linear probes: a logistic regression fitted on the training split's image (and caption)
+embeddings, scored on the held-out ones, for the colour pair, the place and the digit. A probe at
+chance says the embedding does not hold the attribute at all, whatever the ranking does with it.
 """
 import re
 import sys
 
 import jax
 import numpy as np
+
+from sklearn.linear_model import LogisticRegression
 
 from omni.data import pipeline
 from omni.data.default.digits import PLACES
@@ -30,6 +36,33 @@ COLOUR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
 def caption_attributes(caption: str) -> tuple[tuple[str, ...], str]:
     """(ink and background colours in caption order, the place) named by a digit caption."""
     return tuple(COLOUR_WORD.findall(caption)), next(p for p in PLACES if p in caption)
+
+
+def digit_image_embeddings(setup, params, config, assets, split: str):
+    """Image and caption embeddings of a split's digit images -> (z_image, z_text, attributes)."""
+    source = open_split(pipeline.resolve_data_dir(config), split)
+    embedded = embed_all(setup, params, source, config, assets, ["image", "text"])
+    (z_image, images), (z_text, texts) = embedded["image"], embedded["text"]
+    row_of = {record["id"]: i for i, record in enumerate(texts)}
+    keep = [i for i, record in enumerate(images) if record["id"].startswith("digit-")]
+    cols = [row_of[images[i]["id"]] for i in keep]
+    colours, place = zip(*(caption_attributes(texts[j]["text"]) for j in cols))
+    attributes = {"colours": np.array(["/".join(c) for c in colours]), "place": np.array(place),
+                  "digit": np.array([texts[j]["label"] for j in cols])}
+    return z_image[keep], z_text[cols], attributes
+
+
+def probe_attributes(setup, params, config, assets) -> None:
+    """Held-out accuracy of a linear probe per attribute, on the image and the caption embeddings."""
+    train = digit_image_embeddings(setup, params, config, assets, "train")
+    test = digit_image_embeddings(setup, params, config, assets, "test")
+    for side, name in ((0, "image"), (1, "caption")):
+        scores = []
+        for attribute in ("colours", "place", "digit"):
+            probe = LogisticRegression(C=10.0, max_iter=3000).fit(train[side], train[2][attribute])
+            scores.append(f"{attribute} {probe.score(test[side], test[2][attribute]):.3f}")
+        print(f"linear probe on the {name} embedding ({len(train[2]['place'])} train, "
+              f"{len(test[2]['place'])} held out): " + ", ".join(scores))
 
 
 def main(workdir: str, k: int = 10) -> None:
@@ -60,6 +93,8 @@ def main(workdir: str, k: int = 10) -> None:
     print(f"of each query's contrastive top {k}: {np.mean(colours[top] == colours[own][:, None]):.3f} share its "
           f"colours, {np.mean(place[top] == place[own][:, None]):.3f} its place, "
           f"{np.mean(digit[top] == digit[own][:, None]):.3f} its digit")
+    with jax.set_mesh(setup.mesh):
+        probe_attributes(setup, params, config, assets)
 
 
 if __name__ == "__main__":

@@ -22,5 +22,4 @@ def get_config():
     c.modalities.smell.update(dict(svd_dim=256, tokens=8))
     # SigLIP, as this config and gpu_1b.py were measured; tiny.py's InfoNCE was chosen at batch 64
     c.loss.contrastive.kind = "siglip"
-    c.model.position_init = "normal"  # as measured; tiny.py starts from sin-cos since
     return c

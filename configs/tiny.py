@@ -34,9 +34,9 @@ def get_config():
         # cudnn on a GPU; on a CPU blocked for long sequences, einsum for short ones)
         attention="einsum",
         scan_layers=True,
-        # image and video position tables start as MAE's sin-cos (normal: std 0.02, as ViT); from
-        # normal, the trained image embedding did not encode the quadrant (omni/modalities/positions.py)
-        position_init="sincos",
+        # image and video position tables start at normal (std 0.02, as ViT) or sincos (MAE's
+        # fixed 2-D table, size ~1); sincos did not teach the default run the place (docs/evaluation.md)
+        position_init="normal", position_std=0.02,
         parametrization="sp",  # sp (standard) | mup (maximal update: LR transfers across widths)
         mup_base_width=128,    # under mup, the width at which it equals sp
     ))

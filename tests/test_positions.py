@@ -56,6 +56,9 @@ def test_image_stem_starts_from_the_chosen_tables():
     assert 0.3 < float(np.asarray(stem._positions()).std()) < 1.0
     normal = ImageStem(small_config("--config.model.position_init=normal"), nnx.Rngs(0))
     assert float(np.asarray(normal._positions()).std()) < 0.05
+    # position_std scales the normal start: rows + cols of std s each sum to std ~s * sqrt(2).
+    wide = ImageStem(small_config("--config.model.position_std=1.0"), nnx.Rngs(0))
+    assert 1.2 < float(np.asarray(wide._positions()).std()) < 1.6
 
 
 def test_video_stem_positions_are_time_row_column_sincos():
@@ -73,3 +76,5 @@ def test_video_stem_positions_are_time_row_column_sincos():
 def test_an_unknown_start_names_the_key():
     with pytest.raises(ConfigError, match="model.position_init"):
         ImageStem(small_config("--config.model.position_init=fourier"), nnx.Rngs(0))
+    with pytest.raises(ConfigError, match="model.position_std"):
+        ImageStem(small_config("--config.model.position_std=0.0"), nnx.Rngs(0))

@@ -49,7 +49,6 @@ def get_config():
     c.overrides = [
         "--config.modalities=text,image",
         "--config.loss.contrastive.kind=siglip",  # as measured (tiny.py has used InfoNCE since)
-        "--config.model.position_init=normal",    # as measured (tiny.py starts from sin-cos since)
         "--config.data.group_size=0",             # as measured (tiny.py batches a voice together since)
         "--config.model.depth=2",
         "--config.model.heads=2",

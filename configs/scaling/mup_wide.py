@@ -20,7 +20,6 @@ def get_config():
     c.overrides = [
         "--config.modalities=text,image",
         "--config.loss.contrastive.kind=siglip",  # as lr_noise.py, so the two compare
-        "--config.model.position_init=normal",    # as measured (tiny.py starts from sin-cos since)
         "--config.data.group_size=0",
         "--config.model.depth=2",
         "--config.model.heads=2",

@@ -34,7 +34,6 @@ def get_config():
     c.overrides = [
         "--config.modalities=text,image",     # the sweep whose fit docs/scaling.md reports
         "--config.loss.contrastive.kind=siglip",  # as measured (tiny.py has used InfoNCE since)
-        "--config.model.position_init=normal",    # as measured (tiny.py starts from sin-cos since)
         "--config.data.group_size=0",             # as measured (tiny.py batches a voice together since)
         "--config.train.eval_every=0",        # retrieval eval is not needed for the fit
         "--config.train.log_every=25",

@@ -13,8 +13,8 @@ from flax import nnx
 from PIL import Image
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask
-from omni.modalities.positions import position_tables
+from omni.modalities.base import Dense, Modality, ReconstructingStem, random_token_mask
+from omni.modalities.positions import position_params
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
 
@@ -75,9 +75,7 @@ class ImageStem(ReconstructingStem):
         grid = cfg.size // cfg.patch
         patch_dim = cfg.patch * cfg.patch * 3
         self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
-        rows, cols = position_tables(config, (grid, grid), width)
-        self.rows = param(rngs, (grid, width), ("length", "embed"), init=rows)
-        self.cols = param(rngs, (grid, width), ("length", "embed"), init=cols)
+        self.rows, self.cols = position_params(rngs, config, (grid, grid), width)
         self.init_reconstruction(rngs, config, patch_dim)
 
     def _patches(self, inputs):

@@ -23,10 +23,10 @@ from flax import nnx
 from PIL import Image
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, param
+from omni.modalities.base import Dense, Modality
 from omni.modalities import image
 from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, patchify
-from omni.modalities.positions import position_tables
+from omni.modalities.positions import position_params
 
 STRATEGIES = ("keyframes", "uniform")
 
@@ -193,10 +193,7 @@ class VideoStem(image.ImageStem):
             self.proj = image_stem.proj
         else:
             self.proj = Dense(rngs, patch_dim, width, names=("patch", "embed"))
-        rows, cols, time = position_tables(config, (grid, grid, cfg.num_frames), width)
-        self.rows = param(rngs, (grid, width), ("length", "embed"), init=rows)
-        self.cols = param(rngs, (grid, width), ("length", "embed"), init=cols)
-        self.time = param(rngs, (cfg.num_frames, width), ("length", "embed"), init=time)
+        self.rows, self.cols, self.time = position_params(rngs, config, (grid, grid, cfg.num_frames), width)
         self.init_reconstruction(rngs, config, patch_dim)
 
     def _patches(self, inputs):
