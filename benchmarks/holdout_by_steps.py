@@ -1,0 +1,50 @@
+"""Where the scaling law misses: the held-out prediction of the largest run when the law is fitted
+only to runs of at least S steps, and the fit's in-sample residuals by run length
+(docs/scaling.md, "Why mmm misses").
+
+    python benchmarks/holdout_by_steps.py docs/scaling/cpu_laws_runs.csv
+
+Reads the runs.csv that `omni scaling fit DIR` writes. The fit is omni's own (Chinchilla approach
+3, omni/scaling/law.py); the held-out run is the one `omni scaling fit` holds out (largest C, then
+N), and it is never fitted. A loss whose error swings with S is not described by one
+L = E + A/N^alpha + B/D^beta over the whole range of run lengths.
+"""
+import csv
+import sys
+
+import numpy as np
+
+from omni.scaling.law import fit_law
+from omni.scaling.loo import holdout, largest_index
+
+TARGETS = ("loss", "loss/contrastive", "loss/mim", "loss/mlm", "loss/mmm")
+MIN_STEPS = (0, 150, 300, 500)
+
+
+def main(path: str) -> None:
+    rows = list(csv.DictReader(open(path)))
+    N, D, C, steps = (np.array([float(r[k]) for r in rows]) for k in ("N", "D", "C_6ND", "steps"))
+    held = largest_index(N, C)
+    print(f"held out: {rows[held]['name']} ({int(steps[held])} steps); relative error of its prediction:")
+    print("min steps  runs  " + "  ".join(f"{t.split('/')[-1]:>11s}" for t in TARGETS))
+    for least in MIN_STEPS:
+        keep = np.flatnonzero((steps >= least) | (np.arange(len(rows)) == held))
+        errors = []
+        for target in TARGETS:
+            L = np.array([float(rows[i][target]) for i in keep])
+            index = int(np.flatnonzero(keep == held)[0])
+            errors.append(holdout(N[keep], D[keep], L, index)["relative_error"])
+        print(f"{least:9d}  {len(keep) - 1:4d}  " + "  ".join(f"{100 * e:10.1f}%" for e in errors))
+    others = np.arange(len(rows)) != held
+    print("in-sample residual (fitted / observed - 1) of the all-runs fit, by run length:")
+    for target in TARGETS:
+        L = np.array([float(r[target]) for r in rows])
+        law = fit_law(N[others], D[others], L[others]).law
+        residual = law(N[others], D[others]) / L[others] - 1
+        short = steps[others] < 300
+        print(f"  {target:17s} runs under 300 steps: mean |residual| {100 * np.abs(residual[short]).mean():5.1f}%;"
+              f" 300 steps and more: {100 * np.abs(residual[~short]).mean():5.1f}%")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
