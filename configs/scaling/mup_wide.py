@@ -1,6 +1,6 @@
 """muP's learning-rate transfer at wider widths than `lr_noise.py`: widths 32, 64 and 128 (4x)
 with base width 32 (where muP is the standard model), otherwise the same runs (depth 2, 2 heads,
-text + image, 300 steps of batch 64, warmup 30), three seeds, learning rates on a factor-2 grid.
+text + image, 300 steps of batch 64, warmup 30), four seeds, learning rates on a factor-2 grid.
 It asks whether the optimum's rise seen at widths 16-64 (docs/scaling.md) is a finite-width
 effect that shrinks at larger widths.
 
@@ -34,7 +34,7 @@ def get_config():
     c.grid = ml_collections.ConfigDict()
     c.grid.curve = {f"mup-w{w:03d}": [f"--config.model.width={w}"] for w in (32, 64, 128)}
     c.grid.lr = {f"lr{round(lr * 1e5):05d}e-5": [f"--config.train.lr={lr}"] for lr in LRS}
-    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(3)}
+    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(4)}
     c.axes = ("curve", "lr", "seed")
     c.eval_batches = 8
     c.cost_analysis = False
