@@ -17,6 +17,9 @@ def get_config():
         log_every=50, eval_every=300, checkpoint_every=300, keep_checkpoints=2,
         lr=2e-3, warmup_steps=60, min_lr_ratio=0.05, weight_decay=0.05, grad_clip=1.0,
         b1=0.9, b2=0.98,
+        # under muP, a hidden matrix decays by lr * weight_decay per step at every width, as in the
+        # mup package's MuAdamW ("with_lr": by that over the width multiplier; omni/run/setup.py)
+        mup_decay="width_independent",
         max_bad_steps=10,  # stop after this many consecutive non-finite steps (0 = never)
         # FLOP/s of one device for the logged MFU: 0 = measure a matmul at the start of the run;
         # or the accelerator's spec sheet figure (e.g. 989e12 for an H100's dense bf16)

@@ -79,3 +79,33 @@ def test_readouts_start_at_the_base_width_std():
                                   "--config.model.mup_base_width=32"), nnx.Rngs(params=0))
         for kernel in (model.projections["text"].kernel, model.stems["image"].head.kernel):
             np.testing.assert_allclose(np.std(np.asarray(kernel[...])), expected, rtol=0.05)
+
+
+@pytest.mark.parametrize("rule", ["width_independent", "with_lr"])
+def test_hidden_matrix_decay_per_step_against_the_formula(rule):
+    """One AdamW step at the peak learning rate lr on a hidden matrix W (muP multiplier 1/m = 0.5)
+    with gradient G: Adam's first step is sign(G), so the update is -lr * (0.5 sign(G) + wd W) when
+    the decay is width-independent (the mup package's MuAdamW: lr / m, weight_decay * m), and
+    -lr * 0.5 * (sign(G) + wd W) when it is scaled with the Adam step. A vector gets no decay."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    from omni.run.setup import make_optimizer
+    lr, wd = 0.1, 0.05
+    config = _mup_config(64, f"--config.train.lr={lr}", f"--config.train.weight_decay={wd}",
+                         "--config.train.warmup_steps=0", "--config.train.grad_clip=1e9",
+                         f"--config.train.mup_decay={rule}")
+    params = {"w": jnp.full((4, 4), 2.0), "b": jnp.full((4,), 2.0)}
+    grads = {"w": jnp.full((4, 4), -3.0), "b": jnp.full((4,), 5.0)}
+    tx = make_optimizer(config, {"w": 0.5, "b": 1.0})
+    updates, _ = tx.update(grads, tx.init(params), params)
+    expected_w = -lr * (0.5 * -1.0 + wd * 2.0) if rule == "width_independent" else -lr * 0.5 * (-1.0 + wd * 2.0)
+    np.testing.assert_allclose(np.asarray(updates["w"]), expected_w, rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(updates["b"]), -lr * 1.0, rtol=1e-5)
+
+
+def test_an_unknown_decay_rule_names_the_key():
+    from omni.config import ConfigError
+    from omni.run.setup import make_optimizer
+    with pytest.raises(ConfigError, match="train.mup_decay"):
+        make_optimizer(_mup_config(64, "--config.train.mup_decay=never"), {"w": 0.5})

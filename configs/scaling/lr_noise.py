@@ -30,6 +30,7 @@ def get_config():
         "--config.modalities=text,image",
         "--config.loss.contrastive.kind=siglip",  # as measured (tiny.py has used InfoNCE since)
         "--config.data.group_size=0",             # as measured (tiny.py batches a voice together since)
+        "--config.train.mup_decay=with_lr",       # as measured (tiny.py decays as the mup package since)
         "--config.model.depth=2",
         "--config.model.heads=2",
         "--config.model.width=16",

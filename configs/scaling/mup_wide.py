@@ -21,6 +21,7 @@ def get_config():
         "--config.modalities=text,image",
         "--config.loss.contrastive.kind=siglip",  # as lr_noise.py, so the two compare
         "--config.data.group_size=0",
+        "--config.train.mup_decay=with_lr",       # as measured (tiny.py decays as the mup package since)
         "--config.model.depth=2",
         "--config.model.heads=2",
         "--config.model.mup_base_width=32",

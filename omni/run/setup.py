@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omni import matching, mup, objectives, parallel
 from omni.checkpoint import abstract_like
+from omni.errors import ConfigError
 from omni.modalities import registry
 from omni.model import Omni
 
@@ -55,18 +56,39 @@ def learning_rate(count, args: dict):
     return jnp.where(count < warmup, warming, decaying)
 
 
+MUP_DECAYS = ("width_independent", "with_lr")
+
+
+def mup_decay(config) -> str:
+    """`train.mup_decay`; workdirs written before the key existed trained with "with_lr"."""
+    kind = config.train.get("mup_decay", "with_lr")
+    if kind not in MUP_DECAYS:
+        raise ConfigError(f"train.mup_decay={kind!r}: expected one of {MUP_DECAYS}")
+    return kind
+
+
 def make_optimizer(config, lr_multipliers: dict | None = None, args: dict | None = None):
-    """AdamW with warmup + cosine (`learning_rate`) and clipping; under muP each parameter's
-    update is scaled by its entry of `lr_multipliers` (`mup_learning_rate_multipliers`).
-    `args`: the step's arguments (traced inside the step; the config's own numbers when omitted)."""
+    """AdamW with warmup + cosine (`learning_rate`) and clipping; under muP each parameter's Adam
+    step is scaled by its entry of `lr_multipliers` (`mup_learning_rate_multipliers`).
+    `args`: the step's arguments (traced inside the step; the config's own numbers when omitted).
+
+    Under muP the weight decay of a hidden matrix, lr * weight_decay per step, stays the same at
+    every width (`train.mup_decay="width_independent"`), as in the mup package's MuAdamW, which
+    divides such a matrix's lr by the width multiplier m and multiplies its weight_decay by m.
+    "with_lr" scales the decay by 1/m together with the Adam step (omni before 2026-11-30; the
+    muP sweeps in docs/scaling.md were measured so), so wider models decayed less."""
     t = config.train
     args = step_arguments(config) if args is None else args
     # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
-    tx = optax.chain(
-        optax.clip_by_global_norm(t.grad_clip),
-        optax.adamw(lambda count: learning_rate(count, args), b1=t.b1, b2=t.b2,
-                    weight_decay=t.weight_decay, mask=decay_mask))
+    schedule = lambda count: learning_rate(count, args)  # noqa: E731
+    clip = optax.clip_by_global_norm(t.grad_clip)
+    if lr_multipliers is not None and mup_decay(config) == "width_independent":
+        # optax.adamw's own chain, with the muP multipliers on the Adam step before the decay.
+        return optax.chain(clip, optax.scale_by_adam(b1=t.b1, b2=t.b2), mup.scale_updates(lr_multipliers),
+                           optax.add_decayed_weights(t.weight_decay, decay_mask),
+                           optax.scale_by_learning_rate(schedule))
+    tx = optax.chain(clip, optax.adamw(schedule, b1=t.b1, b2=t.b2, weight_decay=t.weight_decay, mask=decay_mask))
     if lr_multipliers is not None:
         tx = optax.chain(tx, mup.scale_updates(lr_multipliers))
     return tx
