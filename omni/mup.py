@@ -18,6 +18,9 @@ With the width multiplier m = model.width / model.mup_base_width:
     The contrastive projections feed an L2 normalisation, which cancels the multiplier; for
     them only the init and the width-independent learning rate matter;
   * attention logits are q.k * sqrt(base_head_dim) / head_dim instead of q.k / sqrt(head_dim).
+  * weight decay: a hidden matrix still decays by lr * weight_decay per step, whatever the width,
+    as in the mup package's MuAdamW (lr / m and weight_decay * m); `train.mup_decay="with_lr"`
+    scales the decay by 1/m with the Adam step, as omni did before (omni/run/setup.py).
 At width == mup_base_width both parametrisations are the same model.
 
 omni.bench.coordinate_check measures how much a few Adam steps move the transformer's output

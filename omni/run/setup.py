@@ -78,12 +78,13 @@ def make_optimizer(config, lr_multipliers: dict | None = None, args: dict | None
     "with_lr" scales the decay by 1/m together with the Adam step (omni before 2026-11-30; the
     muP sweeps in docs/scaling.md were measured so), so wider models decayed less."""
     t = config.train
+    rule = mup_decay(config)
     args = step_arguments(config) if args is None else args
     # Weight decay on matrices only: not on biases, norms, or scalars like the temperature.
     decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731
     schedule = lambda count: learning_rate(count, args)  # noqa: E731
     clip = optax.clip_by_global_norm(t.grad_clip)
-    if lr_multipliers is not None and mup_decay(config) == "width_independent":
+    if lr_multipliers is not None and rule == "width_independent":
         # optax.adamw's own chain, with the muP multipliers on the Adam step before the decay.
         return optax.chain(clip, optax.scale_by_adam(b1=t.b1, b2=t.b2), mup.scale_updates(lr_multipliers),
                            optax.add_decayed_weights(t.weight_decay, decay_mask),
