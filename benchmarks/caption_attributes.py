@@ -18,7 +18,6 @@ import sys
 
 import jax
 import numpy as np
-
 from sklearn.linear_model import LogisticRegression
 
 from omni.data import pipeline
