@@ -1,6 +1,6 @@
 """muP's learning-rate transfer with the weight decay the mup package uses: `mup_wide.py`'s runs
 (widths 32, 64 and 128, base width 32, depth 2, 2 heads, text + image, 300 steps of batch 64,
-warmup 30, learning rates on a factor-2 grid), but each hidden matrix decays by lr * weight_decay
+warmup 30, learning rates on a factor-2 grid; seeds 0-2), but each hidden matrix decays by lr * weight_decay
 per step at every width (`train.mup_decay=width_independent`, tiny.py's default), where
 `mup_wide.py` measured omni's earlier rule, which scaled the decay by 1/m with the Adam step, so
 that wider models decayed less (docs/scaling.md).
@@ -36,7 +36,7 @@ def get_config():
     c.grid = ml_collections.ConfigDict()
     c.grid.curve = {f"mup-w{w:03d}": [f"--config.model.width={w}"] for w in (32, 64, 128)}
     c.grid.lr = {f"lr{round(lr * 1e5):05d}e-5": [f"--config.train.lr={lr}"] for lr in LRS}
-    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(2)}
+    c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(3)}
     c.axes = ("curve", "lr", "seed")
     c.eval_batches = 8
     c.cost_analysis = False
