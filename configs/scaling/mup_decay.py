@@ -1,7 +1,7 @@
 """muP's learning-rate transfer with the weight decay the mup package uses: `mup_wide.py`'s runs
 (widths 32, 64 and 128, base width 32, depth 2, 2 heads, text + image, 300 steps of batch 64,
-warmup 30, learning rates on a factor-2 grid; seeds 0-2), but each hidden matrix decays by lr * weight_decay
-per step at every width (`train.mup_decay=width_independent`, tiny.py's default), where
+warmup 30, learning rates on a factor-2 grid; seeds 0-2), but each hidden matrix decays by
+lr * weight_decay per step at every width (`train.mup_decay=width_independent`, tiny.py's default), where
 `mup_wide.py` measured omni's earlier rule, which scaled the decay by 1/m with the Adam step, so
 that wider models decayed less (docs/scaling.md).
 
