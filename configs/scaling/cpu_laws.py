@@ -7,7 +7,7 @@ Run:  omni sweep --config configs/scaling/cpu_laws.py --out runs/scaling/cpu_law
 Design (docs/scaling.md has the measured results and why the first design was replaced):
   * 6 model sizes: widths 8..48 at depth 2, 2 heads (N = 8.4k..89k non-embedding parameters).
     The first design's widths 16..96 put every IsoFLOP minimum at or below its smallest size.
-  * muP with base width 16 and one learning rate, 6e-3 (configs/scaling/mup_transfer.py: under
+  * muP with base width 16 and one learning rate, 6e-3 (configs/scaling/mup_transfer_w16.py: under
     muP the best learning rate stays put across widths), so that sizes differ in N and D only,
     not in how well a fixed learning rate suits them; the first design used SP at 1e-3, 4-12x
     below every width's best.

@@ -1,5 +1,5 @@
 """How precisely one sweep can place a learning-rate optimum, and muP's transfer at that
-precision: the base width of `mup_transfer.py` (width 16, where SP and muP are one model) trained
+precision: the base width of `mup_transfer_w16.py` (width 16, where SP and muP are one model) trained
 for 300 steps instead of 100, four seeds, learning rates 2.83e-3 .. 2.26e-2 on a factor-sqrt(2)
 grid; then muP at widths 32 and 64 on the same grid and above it (3.2e-2, 4.53e-2), where those
 widths' minima turned out to lie: first two seeds, then (later the same day) a third and a
