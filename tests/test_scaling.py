@@ -351,3 +351,20 @@ def test_approaches_agree_only_with_bracketed_minima():
     outside = {**inside, "slices": [{"ok": True, "interior": True, "C": 1.0}, {"ok": True, "interior": False, "C": 2.0}]}
     result = _agree(outside, a3)   # overlapping intervals, but one minimum is extrapolated
     assert result["agree"] is None and "outside" in result["reason"]
+
+
+@pytest.mark.parametrize("sweep_name", sorted(p.name for p in (REPO / "configs" / "scaling").glob("*.py")))
+def test_every_shipped_sweep_config_builds_its_runs(sweep_name):
+    """Each committed sweep config names only grid values it defines, lists no point twice, and
+    every distinct override set of its points is a valid run config (a misspelt key would only
+    show up hours into a sweep otherwise)."""
+    from omni.scaling import build_run_config, grid_points, load_sweep
+    from omni.scaling.grid import resolve_base
+    sweep_file = REPO / "configs" / "scaling" / sweep_name
+    sweep = load_sweep(sweep_file)
+    points = grid_points(sweep)
+    assert len({p["name"] for p in points}) == len(points) > 0
+    base = resolve_base(sweep, sweep_file)
+    for overrides in {tuple(p["overrides"]) for p in points}:
+        config = build_run_config(base, list(overrides))
+        assert config.train.steps > 0
