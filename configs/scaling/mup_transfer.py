@@ -19,7 +19,8 @@ Its muP runs are `mup_decay.py`'s, point for point.
 
 At the base width muP is the standard model (tests/test_mup.py::test_mup_equals_sp_at_the_base_width),
 so width 32 runs once, under SP, and `omni scaling lr-transfer` uses that curve for both. SP's
-grid starts a step lower (1.41e-3), since SP's optimum falls with width. The points run one seed
+grid starts a step lower (1.41e-3), since SP's optimum falls with width, and at width 128 two
+steps lower still (3.54e-4). The points run one seed
 at a time, so that a sweep cut short by time still has whole curves: seeds 0 and 1 for every
 curve, then seed 2 for the base width and muP (whose movement is the target), then seed 2 for SP.
 """
@@ -27,6 +28,7 @@ import ml_collections
 
 MUP_LRS = (0.00283, 0.00566, 0.0113, 0.0226, 0.0453, 0.0905)
 SP_LRS = (0.00141, 0.00283, 0.00566, 0.0113, 0.0226, 0.0453)
+SP_LOW_LRS = (0.000354, 0.000707)  # added after seed 0 put SP's width-128 minimum at the grid's bottom
 
 
 def lr_name(lr: float) -> str:
@@ -55,7 +57,7 @@ def get_config():
     c.grid = ml_collections.ConfigDict()
     c.grid.param = {"sp": ["--config.model.parametrization=sp"], "mup": ["--config.model.parametrization=mup"]}
     c.grid.width = {f"w{w:03d}": [f"--config.model.width={w}"] for w in (32, 64, 128)}
-    c.grid.lr = {lr_name(lr): [f"--config.train.lr={lr}"] for lr in sorted(set(MUP_LRS + SP_LRS))}
+    c.grid.lr = {lr_name(lr): [f"--config.train.lr={lr}"] for lr in sorted(set(MUP_LRS + SP_LRS + SP_LOW_LRS))}
     c.grid.seed = {f"seed{k}": [f"--config.train.seed={k}"] for k in range(3)}
     c.axes = ("param", "width", "lr", "seed")
     base = [("sp", "w032", lr_name(lr)) for lr in MUP_LRS]
@@ -64,6 +66,8 @@ def get_config():
     c.points = [(*point, f"seed{k}") for k in (0, 1) for point in base + mup + sp]
     c.points += [(*point, "seed2") for point in base + mup]
     c.points += [(*point, "seed2") for point in sp]
+    # appended, so that the points above keep their indices (`--only I`)
+    c.points += [("sp", "w128", lr_name(lr), f"seed{k}") for k in range(3) for lr in SP_LOW_LRS]
     c.eval_batches = 8
     c.cost_analysis = False
     c.compilation_cache = True
