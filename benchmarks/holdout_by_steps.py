@@ -8,7 +8,9 @@ Reads the runs.csv that `omni scaling fit DIR` writes. The fit is omni's own (Ch
 3, omni/scaling/law.py); the held-out run is the one `omni scaling fit` holds out (largest C, then
 N), and it is never fitted. A loss whose error swings with S is not described by one
 L = E + A/N^alpha + B/D^beta over the whole range of run lengths. Last, Kaplan et al. 2020's form
-(eq. 1.5) fitted the same way, to see whether another law's shape is the fix.
+(eq. 1.5) fitted the same way, to see whether another law's shape is the fix. And what a sweep
+of longer runs would cost: each IsoFLOP slice's compute raised until its shortest run has
+LONGER_STEPS steps, priced by the runs' own wall times (`wall_s`).
 """
 import csv
 import sys
@@ -16,11 +18,13 @@ import sys
 import numpy as np
 from scipy.optimize import minimize
 
+from omni.scaling.approach2 import isoflop_slices
 from omni.scaling.law import fit_law
 from omni.scaling.loo import holdout, largest_index
 
 TARGETS = ("loss", "loss/contrastive", "loss/mim", "loss/mlm", "loss/mmm")
 MIN_STEPS = (0, 150, 300, 500)
+LONGER_STEPS = 500
 
 
 def kaplan_log_loss(x, N, D):
@@ -43,6 +47,14 @@ def kaplan_holdout(N, D, L, index: int) -> float:
 def huber_residual(r, delta: float = 1e-3):
     r = np.abs(r)
     return np.where(r <= delta, 0.5 * r * r, delta * (r - 0.5 * delta)) / delta ** 2
+
+
+def longer_sweep_factor(compute, steps, wall_s, least: int = LONGER_STEPS) -> float:
+    """How many times the sweep's wall time grows when every IsoFLOP slice (runs within a factor
+    1.25 in C, as approach 2 groups them) scales its compute until its shortest run has `least`
+    steps; a run's time is taken as proportional to its steps."""
+    grown = sum(wall_s[group].sum() * max(1.0, least / steps[group].min()) for group in isoflop_slices(compute))
+    return float(grown / wall_s.sum())
 
 
 def main(path: str) -> None:
@@ -71,6 +83,9 @@ def main(path: str) -> None:
     print("Kaplan et al. 2020 eq. 1.5 fitted to all runs but the held-out one: relative error " + ", ".join(
         f"{t.split('/')[-1]} {100 * kaplan_holdout(N, D, np.array([float(r[t]) for r in rows]), held):.1f}%"
         for t in TARGETS))
+    wall_s = np.array([float(r["wall_s"]) for r in rows])
+    print(f"every slice's shortest run at {LONGER_STEPS} steps or more: the sweep's wall time x"
+          f"{longer_sweep_factor(C, steps, wall_s):.2f}")
 
 
 if __name__ == "__main__":
