@@ -13,7 +13,6 @@ Last, linear probes: a logistic regression fitted on the training split's image 
 embeddings, scored on the held-out ones, for the colour pair, the place and the digit. A probe at
 chance says the embedding does not hold the attribute at all, whatever the ranking does with it.
 """
-import re
 import sys
 
 import jax
@@ -21,20 +20,12 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 
 from omni.data import pipeline
-from omni.data.default.digits import PLACES
-from omni.data.default.vocabulary import COLORS
+from omni.data.default.digits import caption_attributes
 from omni.data.records import open_split
 from omni.eval.embedding import embed_all
 from omni.eval.rerank import modality_inputs, pair_scorer, top_k_scores
 from omni.eval.retrieval import paired_rows
 from omni.run.load import load_run
-
-COLOUR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
-
-
-def caption_attributes(caption: str) -> tuple[tuple[str, ...], str]:
-    """(ink and background colours in caption order, the place) named by a digit caption."""
-    return tuple(COLOUR_WORD.findall(caption)), next(p for p in PLACES if p in caption)
 
 
 def digit_image_embeddings(setup, params, config, assets, split: str):

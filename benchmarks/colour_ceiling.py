@@ -10,21 +10,12 @@ own as right, as `omni eval retrieval` does. The mean of that over the queries i
 ranking expects; the same with the place known too says what reading the place would add.
 """
 import json
-import re
 from collections import Counter
 
 import numpy as np
 
-from omni.data.default.build import TEST_EVERY, _held_out
-from omni.data.default.digits import PLACES, digit_records
-from omni.data.default.vocabulary import COLORS
-
-COLOUR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
-
-
-def attributes(caption: str) -> dict:
-    """The colour pair (ink, background, in caption order) and the place a digit caption names."""
-    return {"colours": tuple(COLOUR_WORD.findall(caption)), "place": next(p for p in PLACES if p in caption)}
+from omni.data.default.build import TEST_EVERY, hold_out
+from omni.data.default.digits import caption_attributes, digit_records
 
 
 def expected_r_at_1(captions: list[str], key) -> float:
@@ -35,14 +26,14 @@ def expected_r_at_1(captions: list[str], key) -> float:
 
 
 def main() -> None:
-    held_out = [r["text"] for r in _held_out(digit_records()) if r["split"] == "test"]
-    parsed = {c: attributes(c) for c in held_out}
+    held_out = [r["text"] for r in hold_out(digit_records()) if r["split"] == "test"]
+    parsed = {c: caption_attributes(c) for c in held_out}  # {caption: (colours, place)}
     print(json.dumps({
         "held_out_images": len(held_out), "test_every": TEST_EVERY,
-        "colour_pairs": len({p["colours"] for p in parsed.values()}),
+        "colour_pairs": len({colours for colours, _ in parsed.values()}),
         "R@1_chance": expected_r_at_1(held_out, lambda c: 0),
-        "R@1_colours_only": expected_r_at_1(held_out, lambda c: parsed[c]["colours"]),
-        "R@1_colours_and_place": expected_r_at_1(held_out, lambda c: (parsed[c]["colours"], parsed[c]["place"])),
+        "R@1_colours_only": expected_r_at_1(held_out, lambda c: parsed[c][0]),
+        "R@1_colours_and_place": expected_r_at_1(held_out, lambda c: parsed[c]),
     }, indent=1))
 
 

@@ -6,16 +6,14 @@ speech included, ungrouped. Pass `--config.data.group_size=K` for runs of K.
     python benchmarks/colour_pair_batches.py train --workdir runs/cg4 --config.data.group_size=4 \
         --config.loss.itm.weight=3.0 --config.loss.itm.pairs=image-text,video-text --config.loss.itm.rows=16
 """
-import re
 import sys
 
 import numpy as np
 
 from omni.cli import main
 from omni.data import records
-from omni.data.default.vocabulary import COLORS
+from omni.data.default.digits import COLOUR_WORD
 
-COLOUR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
 _by_split = {}
 
 

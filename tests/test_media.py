@@ -283,3 +283,12 @@ def test_mixture_records():
     assert sizes == {2, 3}
     assert odorants.mixture_records(40) == records  # deterministic
     assert odorants.mixture_records(5, seed=1) != records[:5]
+
+
+@pytest.mark.parametrize("phrasing", range(4))
+def test_digit_caption_attributes_read_back_every_phrasing(phrasing):
+    """The benchmarks' caption parser returns the ink, the background and the place each phrasing
+    was filled with, in that order."""
+    from omni.data.default.digits import PHRASINGS, caption_attributes
+    caption = PHRASINGS[phrasing].format(fg="purple", bg="white", place="bottom left", word="seven", digit=7)
+    assert caption_attributes(caption) == (("purple", "white"), "bottom left")

@@ -28,7 +28,7 @@ def default_data_dir() -> Path:
     return root / f"default-{VERSION}"
 
 
-def _held_out(records: list[dict]) -> list[dict]:
+def hold_out(records: list[dict]) -> list[dict]:
     """Every TEST_EVERY-th record of a kind (from its first) goes to `test`, the rest to `train`."""
     return [{**record, "split": "test" if i % TEST_EVERY == 0 else "train"}
             for i, record in enumerate(records)]
@@ -38,13 +38,13 @@ def media_records() -> list[dict]:
     """Audio-text, video-text and smell-text records, each kind split 5:1 into train and test."""
     kinds = [spoken_digit_records(SPOKEN_CAPTIONS), motion_clip_records(MOTION_CLIPS),
              real_clip_records(), odorant_records(), mixture_records(SMELL_MIXTURES)]
-    return [record for records in kinds for record in _held_out(records)]
+    return [record for records in kinds for record in hold_out(records)]
 
 
 def default_records() -> dict[str, list[dict]]:
     """{"train": [...], "test": [...]}: the image, audio, video and smell records split 5:1 per
     kind, and the text-only prose sentences, all in `train`."""
-    records = _held_out(digit_records()) + media_records()
+    records = hold_out(digit_records()) + media_records()
     splits = {"train": [r for r in records if r["split"] == "train"],
               "test": [r for r in records if r["split"] == "test"]}
     for j, sentence in enumerate(prose_sentences(TEXT_ONLY_SENTENCES)):

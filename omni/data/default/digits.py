@@ -5,6 +5,7 @@ has to read the handwriting AND the colours AND the layout."""
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 from PIL import Image
@@ -18,6 +19,13 @@ PHRASINGS = [
     "{place}: a {fg} number {word} on {bg}",
     "a picture of the number {word} in {fg} ink on a {bg} square, placed {place}",
 ]
+COLOUR_WORD = re.compile(r"\b(" + "|".join(COLORS) + r")\b")
+
+
+def caption_attributes(caption: str) -> tuple[tuple[str, ...], str]:
+    """(ink and background colours in caption order, the place) that a digit caption names: what
+    the retrieval benchmarks check a ranking's top-1 against."""
+    return tuple(COLOUR_WORD.findall(caption)), next(p for p in PLACES if p in caption)
 
 
 def render_digit(digit_8x8: np.ndarray, fg, bg, place) -> np.ndarray:
