@@ -24,7 +24,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from omni import mup
 from omni.modalities import registry
-from omni.modalities.base import Dense, LayerNorm, layer_norm, matmul, param, transposed
+from omni.nn import Dense, LayerNorm, layer_norm, matmul, param, transposed
 from omni.parallel import constrain, logical_to_spec, multi_device_mesh
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
@@ -50,10 +50,9 @@ REMAT_POLICIES = {
 
 
 # The blocked attention's queries per block: as many as keep a [block, T] tile of f32 scores
-# within about 2.5 MB. On this 2-core CPU (2 MB of L2 per core), base's 793 tokens ran fastest
-# in one block and 1600 tokens in blocks of 400 or fewer (one layer's forward and backward at
-# batch 4: 172-180 ms for 793 tokens in one block, 198-213 ms in 4 blocks; 625 ms for 1600
-# tokens in 4 blocks, 660 ms in 2).
+# within about 2.5 MB. On the 2-core CPU where this was measured (2 MB of L2 per core), base's
+# 793 tokens ran fastest in one block and 1600 tokens in blocks of 400 or fewer; the timings,
+# from an earlier machine, are in docs/performance.md, "Measurements behind code choices".
 TILE_SCORES = 640_000
 
 
@@ -66,12 +65,12 @@ def query_block(length: int) -> int:
 def attention_implementation(attention: str, length: int) -> str:
     """`model.attention` -> "einsum" (written out), "blocked", or the implementation of
     `jax.nn.dot_product_attention` ("xla" or "cudnn"). "fused" picks the fastest measured for a
-    sequence of `length` tokens: cuDNN's flash attention on a GPU (an H100 ran gpu_1b's step in
-    0.92 s, against 1.08 s with XLA's); on a CPU, blocks for sequences longer than 256 tokens
-    (base at batch 4 ran 1.10-1.32x faster than written out, whose [B, heads, T, T] scores fall
-    out of cache at its 793 tokens) and written out for shorter ones (openclip_small's 65 tokens
-    ran 3-8% slower in one block, and again 4% slower after the blocks' products were made bf16:
-    median step 1.39 s against 1.34 s over 12 alternated rounds); written out elsewhere."""
+    sequence of `length` tokens: cuDNN's flash attention on a GPU (faster than XLA's on an H100);
+    on a CPU, blocks for sequences longer than 256 tokens (base's step ran faster than written
+    out, whose [B, heads, T, T] scores fall out of cache at its 793 tokens) and written out for
+    shorter ones (openclip_small's 65 tokens ran slower in one block, also after the blocks'
+    products were made bf16); written out elsewhere. The timings, from earlier machines:
+    docs/performance.md, "Measurements behind code choices"."""
     if attention != "fused":
         return attention
     if jax.default_backend() == "gpu":
@@ -130,8 +129,8 @@ def _one_block_backward(q_block, k_head, v_head, bias_head, grad_block, scale, d
     grad_logits = probs * (grad_probs - jnp.sum(probs * grad_probs, axis=-1, keepdims=True)) * scale
     dq = matmul(grad_logits, k_head, dtype, "qt,tk->qk")
     # dk and dv contract over the queries: the [block, T] tiles are transposed in memory, or
-    # XLA CPU runs these products in f32 (one layer of base's attention at batch 4, forward and
-    # backward, took 186 ms with `.T` here, and 172 ms with `transposed`: best of 3 rounds).
+    # XLA CPU runs these products in f32, which was slower (docs/performance.md, "Measurements
+    # behind code choices").
     dk = matmul(transposed(grad_logits.astype(dtype)), q_block, dtype, "tq,qk->tk")
     dv = matmul(transposed(probs.astype(dtype)), grad_block, dtype, "tq,qk->tk")
     return dq, dk, dv

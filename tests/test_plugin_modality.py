@@ -23,7 +23,8 @@ PLUGIN = textwrap.dedent('''
     import numpy as np
 
     from omni.errors import ConfigError
-    from omni.modalities.base import Dense, Modality, ReconstructingStem, param, random_token_mask, read_file_field
+    from omni.modalities.base import Modality, ReconstructingStem, random_token_mask, read_file_field
+    from omni.nn import Dense, param
 
 
     def load_window(data: bytes, steps: int) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""bf16 compute on CPU: the backward products are bf16 x bf16 -> f32 too (omni.modalities.base.
-matmul), with the gradients the f32 formulas give on the bf16-rounded operands, and the whole
-bf16 train step compiles and runs on XLA CPU (some batched layouts have no such kernel there)."""
+"""bf16 compute on CPU: the backward products are bf16 x bf16 -> f32 too (omni.nn.matmul),
+with the gradients the f32 formulas give on the bf16-rounded operands, and the whole bf16 train
+step compiles and runs on XLA CPU (some batched layouts have no such kernel there)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 
 from omni import parallel
 from omni.bench import synthetic_batch
-from omni.modalities.base import matmul
+from omni.nn import matmul
 from omni.run.setup import build_setup
 from tests.conftest import SMALL_ALL, small_config
 

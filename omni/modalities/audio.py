@@ -23,8 +23,9 @@ import numpy as np
 from flax import nnx
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, ReconstructingStem, matmul, param
+from omni.modalities.base import Modality, ReconstructingStem
 from omni.modalities.image import normalized_patch_targets
+from omni.nn import Dense, matmul, param
 
 SAMPLE_RATE = 16000
 N_FFT = 400   # 25 ms windows

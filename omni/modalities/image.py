@@ -13,8 +13,9 @@ from flax import nnx
 from PIL import Image
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality, ReconstructingStem, random_token_mask
+from omni.modalities.base import Modality, ReconstructingStem, random_token_mask
 from omni.modalities.positions import position_params
+from omni.nn import Dense
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
 

@@ -25,7 +25,7 @@ import numpy as np
 from flax import nnx
 
 from omni.errors import ConfigError
-from omni.modalities.base import param
+from omni.nn import param
 
 POSITION_INITS = ("normal", "sincos")
 

@@ -14,9 +14,10 @@ import numpy as np
 from flax import nnx
 
 from omni.errors import ConfigError
-from omni.modalities.base import Modality, ReconstructingStem, matmul, param, random_token_mask
+from omni.modalities.base import Modality, ReconstructingStem, random_token_mask
 from omni.modalities.chemistry import (  # noqa: F401  (smell_vector, resolve_compound: public here too)
     NUM_RECEPTORS, REPRESENTATIONS, input_features, parse_smell, resolve_compound, smell_vector, stored_smell)
+from omni.nn import matmul, param
 
 # ==============================================================================================
 # SVD reduction (Kiela et al. 2015), fitted on the training split

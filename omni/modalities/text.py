@@ -13,7 +13,8 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from omni.errors import ConfigError
 from omni import mup
-from omni.modalities.base import LayerNorm, Modality, matmul, param
+from omni.modalities.base import Modality
+from omni.nn import LayerNorm, matmul, param
 
 PAD_ID, CLS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3
 SPECIAL_TOKENS = ["[PAD]", "[CLS]", "[MASK]", "[UNK]"]

@@ -23,10 +23,11 @@ from flax import nnx
 from PIL import Image
 
 from omni.errors import ConfigError
-from omni.modalities.base import Dense, Modality
+from omni.modalities.base import Modality
 from omni.modalities import image
 from omni.modalities.image import PIXEL_MEAN, PIXEL_STD, patchify
 from omni.modalities.positions import position_params
+from omni.nn import Dense
 
 STRATEGIES = ("keyframes", "uniform")
 
