@@ -78,6 +78,10 @@ def get_config():
         modality_dropout=0.1,    # chance that a multimodal training example keeps only one modality
         on_error="skip",         # skip (count, log path and reason) | raise
         group_size=0,            # > 1: a group's records (a speaker's) in runs of this many (omni/data/order.py)
+        # rows per modality set of each batch (omni/data/mixture.py), e.g. "image+text=16,text=8"
+        # (rows) or "image+text=2,text=1" (weights); empty = the training split's own proportions
+        mixture="",
+        rows_multiple=0,         # rows per set come in multiples of this; 0 = auto (8 at batch 64)
         num_threads=2, prefetch=4,
     ))
     c.eval = ml_collections.ConfigDict(dict(

@@ -9,51 +9,115 @@ import jax
 import jax.numpy as jnp
 
 from omni.modalities import registry
+from omni.objectives import as_sub_batches
 
 
-def model_flops_per_step(config) -> float:
-    """Analytic training FLOPs per step = 3 x forward (backward costs twice the forward).
+def layer_flops(tokens, width: int, hidden: int):
+    """Forward FLOPs of one transformer layer over a sequence of `tokens` (a number or an array):
+    projections 2*T*(4*D^2) (q, k, v, out) + MLP 2*T*(2*D*F) + attention scores and mixing 2*2*T^2*D."""
+    return 2 * tokens * (4 * width ** 2 + 2 * width * hidden) + 4 * tokens ** 2 * width
 
-    Forward per layer, for a sequence of T tokens of width D, MLP width F = mlp_ratio*D:
-      projections 2*T*(4*D^2) (q, k, v, out) + MLP 2*T*(2*D*F) + attention scores and mixing 2*2*T^2*D.
-    The step runs the transformer once per modality on its own tokens (unimodal pass, when the
-    contrastive loss is on) and once on their concatenation (fused pass, when a masked objective
-    is on); plus each modality's stem (in every pass) and reconstruction head (`stem_flops`: e.g.
-    the image patch projection and pixel head, the text output layer), and the contrastive
-    projections. With matching (loss.itm), three fused passes per trained pair on loss.itm.rows rows
-    of the batch (omni.matching).
+
+class StepWork:
+    """The step's forward FLOPs, written once for two counts: every token slot the step computes
+    (`slot_flops`, a number from the config and the mixture: the padded count) and the present,
+    non-padding tokens of a real batch (`real_work`, arrays inside the step).
+
+    Training FLOPs = 3 x forward (backward costs twice the forward). The step runs the transformer
+    once per modality on its own tokens (unimodal pass, when the contrastive loss is on) and once
+    per sub-batch on the concatenation of its modalities (fused pass, when a masked objective is
+    on); plus each modality's stem (in every pass) and reconstruction head (`stem_flops`: e.g. the
+    image patch projection and pixel head, the text output layer), and the contrastive
+    projections. With matching (loss.itm), three fused passes per trained pair on loss.itm.rows of
+    the rows that hold both (omni.matching).
     """
-    m = config.model
-    width, hidden = m.width, m.width * m.mlp_ratio
-    lengths = {n: registry.get(n).num_tokens(config) + 1 for n in config.modalities}
-    stems = {n: registry.get(n).stem_flops(config) for n in config.modalities}
 
-    def transformer(tokens):
-        per_layer = 2 * tokens * (4 * width ** 2 + 2 * width * hidden) + 4 * tokens ** 2 * width
-        return m.depth * per_layer
+    def __init__(self, config):
+        m = config.model
+        self.config = config
+        self.width, self.hidden, self.depth, self.embed_dim = m.width, m.width * m.mlp_ratio, m.depth, m.embed_dim
+        self.lengths = {n: registry.get(n).num_tokens(config) for n in config.modalities}
+        self.stems = {n: registry.get(n).stem_flops(config) for n in config.modalities}
+        weights = registry.active_objectives(config)
+        self.unimodal = "contrastive" in weights or "itm" in weights
+        self.masked = any(name not in ("contrastive", "itm") for name in weights)
+        self.itm_pairs = registry.itm_pairs(config, list(config.modalities.keys())) if "itm" in weights else []
+        self.itm_rows = int(config.loss.get("itm", {}).get("rows", 0))
 
-    weights = registry.active_objectives(config)
-    contrastive = "contrastive" in weights
-    masked = any(name not in ("contrastive", "itm") for name in weights)
-    forward = 0.0
-    if contrastive:  # the unimodal pass, one per modality, and the projections
-        forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
-        forward += sum(embed for embed, _ in stems.values())
-    if masked:  # the fused pass and the reconstruction heads
-        forward += transformer(sum(lengths.values()))
-        forward += sum(embed + head for embed, head in stems.values())
-    matched = 0.0
-    if "itm" in weights:  # per pair: the positive and two hard-negative fused passes, and the head,
-        # on loss.itm.rows rows of the batch (all of it when 0)
-        pairs = registry.itm_pairs(config, list(config.modalities.keys()))
-        matched = sum(3 * (transformer(lengths[a] + lengths[b]) + 2 * width) for a, b in pairs)
-        if not contrastive:  # the embeddings the negatives are mined from
-            forward += sum(transformer(t) for t in lengths.values()) + 2 * len(lengths) * width * m.embed_dim
-        used = {n for pair in pairs for n in pair}
-        forward += sum(stems[n][0] for n in used)  # the matching passes' clean tokens
-    batch = config.train.batch_size
-    matched_rows = int(config.loss.get("itm", {}).get("rows", 0)) or batch
-    return 3.0 * (forward * batch + matched * matched_rows)
+    def transformer(self, tokens):
+        return self.depth * layer_flops(tokens, self.width, self.hidden)
+
+    def rows_forward(self, tokens: dict, present: dict):
+        """Forward FLOPs of each row of one sub-batch: tokens[name] = its tokens in each row, CLS
+        included (0 where absent); present[name] = 1 where present. Arrays or numbers."""
+        names = list(tokens)
+        forward = 0.0
+        for name in names:
+            embed, head = self.stems[name]
+            share = (tokens[name] - present[name]) / max(self.lengths[name], 1)  # of the stem's slots
+            if self.unimodal:
+                forward += self.transformer(tokens[name]) + present[name] * 2 * self.width * self.embed_dim
+                forward += share * embed
+            if self.masked:
+                forward += share * (embed + head)
+        if self.masked:
+            forward += self.transformer(sum(tokens[n] for n in names))
+        return forward
+
+    def matched_forward(self, tokens_a, tokens_b, share_a, share_b, a, b):
+        """Forward FLOPs of the matching passes of one row of pair (a, b): the positive and two
+        hard-negative fused passes, the head, and the clean tokens' stems."""
+        return 3 * (self.transformer(tokens_a + tokens_b) + 2 * self.width) + \
+            share_a * self.stems[a][0] + share_b * self.stems[b][0]
+
+    def slot_flops(self, sub_batches) -> float:
+        """Training FLOPs of a step that counts every token slot as work: `sub_batches` is
+        [(modalities, rows)] (omni.data.mixture), every slot of every held modality full."""
+        total = 0.0
+        for modalities, rows in sub_batches:
+            full = {n: self.lengths[n] + 1 for n in modalities}
+            total += rows * self.rows_forward(full, dict.fromkeys(modalities, 1))
+            for a, b in self.itm_pairs:
+                if a in modalities and b in modalities:
+                    matched = min(rows, self.itm_rows) if self.itm_rows else rows
+                    total += matched * self.matched_forward(full[a], full[b], 1, 1, a, b)
+        return 3.0 * total
+
+
+def model_flops_per_step(config, sub_batches=None) -> float:
+    """Training FLOPs per step counting every token slot (the padded count). `sub_batches`:
+    [(modalities, rows)]; default: every configured modality in every row of the batch."""
+    if sub_batches is None:
+        sub_batches = [(tuple(config.modalities.keys()), int(config.train.batch_size))]
+    return StepWork(config).slot_flops(sub_batches)
+
+
+def real_work(model, batch, config) -> dict:
+    """Inside the step: {"real_flops": training FLOPs on present, non-padding tokens,
+    "real_tokens": those tokens (CLS included), "token_slots": the token slots computed}, summed
+    over the sub-batches of `batch`. A token is real when its modality is present in the row and
+    its stem calls it valid (text: not padding); the stem's tokens themselves are dead code here
+    and compile away."""
+    work = StepWork(config)
+    batch = as_sub_batches(batch)
+    flops = tokens = slots = 0.0
+    for sub in batch.values():
+        names = [n for n in model.modality_names if f"{n}/present" in sub]
+        present = {n: sub[f"{n}/present"].astype(jnp.float32) for n in names}
+        counts = {}
+        for name in names:
+            valid = model.stems[name].embed(sub, model.dtype)[1]
+            counts[name] = present[name] * (1.0 + jnp.sum(valid, axis=1, dtype=jnp.float32))
+            slots += sub[f"{name}/present"].shape[0] * (work.lengths[name] + 1)
+        flops += jnp.sum(work.rows_forward(counts, present))
+        tokens += sum(jnp.sum(c) for c in counts.values())
+        for a, b in work.itm_pairs:
+            if a in names and b in names:
+                both = present[a] * present[b]
+                per_row = work.matched_forward(counts[a], counts[b], 1.0, 1.0, a, b) * both
+                fraction = 1.0 if not work.itm_rows else jnp.minimum(1.0, work.itm_rows / jnp.maximum(jnp.sum(both), 1.0))
+                flops += jnp.sum(per_row) * fraction
+    return {"real_flops": 3.0 * flops, "real_tokens": tokens, "token_slots": jnp.float32(slots)}
 
 
 def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10,
@@ -89,5 +153,7 @@ def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10,
     return 2 * size ** 3 / best
 
 
-def tokens_per_step(config) -> int:
-    return config.train.batch_size * sum(registry.get(n).num_tokens(config) for n in config.modalities)
+def token_slots_per_step(config, sub_batches) -> int:
+    """Token slots a step computes, CLS included: [(modalities, rows)] of the mixture."""
+    return sum(rows * sum(registry.get(n).num_tokens(config) + 1 for n in modalities)
+               for modalities, rows in sub_batches)

@@ -171,18 +171,23 @@ def binary_cross_entropy(pos_logits, pos_weight, neg_logits, neg_weight):
     return total / jnp.maximum(jnp.sum(pos_weight) + jnp.sum(neg_weight), 1.0)
 
 
-def matching_losses(model, batch, embeddings, rng, config) -> dict[str, jax.Array]:
+def matching_losses(model, batch, embeddings, rng, config, pairs=None) -> dict[str, jax.Array]:
     """{"a-b": matching loss} for every trained pair, negatives mined from `embeddings` (the
-    contrastive pass's normalised embeddings), on each pair's first loss.itm.rows co-occurring rows."""
-    pairs = itm_pairs(config, model.modality_names)
-    names = sorted({n for pair in pairs for n in pair})   # only the modalities some pair uses
+    contrastive pass's normalised embeddings), on each pair's first loss.itm.rows co-occurring rows.
+    pairs: [(index, a, b)] to score (default: every trained pair); the index seeds its draws.
+    A row's id for the draws is its `example_id` when the batch has one, else its index."""
+    pairs = pairs if pairs is not None else [(i, a, b) for i, (a, b) in enumerate(itm_pairs(config, model.modality_names))]
+    names = sorted({n for _, a, b in pairs for n in (a, b)})   # only the modalities some pair uses
     tokens = {n: model.stems[n].embed(batch, model.dtype) for n in names}
     fingerprints = {n: content_fingerprint(batch, n) for n in names}
-    ids = jnp.arange(batch[f"{names[0]}/present"].shape[0], dtype=jnp.int32) if names else None
+    if "example_id" in batch:
+        ids = jax.lax.bitcast_convert_type(batch["example_id"], jnp.int32)
+    else:
+        ids = jnp.arange(batch[f"{names[0]}/present"].shape[0], dtype=jnp.int32) if names else None
     scale = jax.lax.stop_gradient(jnp.exp(model.logit_scale[...]))
     rows = int(config.loss.itm.get("rows", 0))
     losses = {}
-    for index, (a, b) in enumerate(pairs):
+    for index, a, b in pairs:
         both = batch[f"{a}/present"] & batch[f"{b}/present"]
         (ta, va, tb, vb, za, zb, fa, fb, own), kept = pack_rows(
             (*tokens[a], *tokens[b], embeddings[a], embeddings[b], fingerprints[a], fingerprints[b], ids),

@@ -325,10 +325,12 @@ class Omni(nnx.Module):
         return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
 
     def fused(self, blocks):
-        """blocks: name -> (tokens [B, L, D], valid [B, L] incl. presence). One pass over their
-        concatenation; returns name -> hidden states of that modality's tokens (CLS dropped)."""
+        """blocks: name -> (tokens [B, L, D], valid [B, L] incl. presence), for the modalities of
+        one sub-batch. One pass over their concatenation (in model order); returns name -> hidden
+        states of that modality's tokens (CLS dropped)."""
+        names = [name for name in self.modality_names if name in blocks]
         xs, valids, lengths = [], [], []
-        for name in self.modality_names:
+        for name in names:
             x, valid = blocks[name]
             xs.append(x)
             valids.append(valid)
@@ -336,7 +338,7 @@ class Omni(nnx.Module):
         h = self.encoder(jnp.concatenate(xs, axis=1), jnp.concatenate(valids, axis=1))
         h = self.final_norm(h)
         out, start = {}, 0
-        for name, length in zip(self.modality_names, lengths):
+        for name, length in zip(names, lengths):
             out[name] = h[:, start + 1: start + length]
             start += length
         return out

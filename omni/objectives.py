@@ -9,8 +9,12 @@ Objectives (config.loss.<name>.weight each):
     modalities present, where the fused pass lets each masked token use the other modalities;
   * itm, matching: does this b belong to this a? One fused pass per pair, hard negatives mined
     from the contrastive similarities (omni.matching).
-Both masked kinds come from ONE fused pass over masked inputs; an example belongs to exactly one.
-An absent modality adds no loss and no gradient; an objective with nothing to score adds exactly 0.
+The batch is a dict of sub-batches, one per modality set (omni.data.pipeline), each holding only
+its own modalities. Both masked kinds come from ONE fused pass per sub-batch over masked inputs;
+an example belongs to exactly one. A modality's unimodal pass runs over the rows that hold it, and
+a contrastive term exists only for a pair that some sub-batch holds together. A modality switched
+off in a row (modality dropout, an undecodable file) adds no loss and no gradient; an objective
+with nothing to score adds exactly 0.
 """
 from __future__ import annotations
 
@@ -18,10 +22,12 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omni import matching
 from omni.contrastive import infonce_loss_chunked, siglip_loss_chunked
 from omni.modalities import registry
+from omni.parallel import batch_shards
 
 
 def safe_mean(values, weights):
@@ -31,77 +37,176 @@ def safe_mean(values, weights):
     return total / jnp.maximum(count, 1.0)
 
 
+def as_sub_batches(batch: dict) -> dict:
+    """A batch of sub-batches as it is; a flat batch (every modality's arrays and presence bits in
+    one dict, as evaluation builds them: the padded layout) as a single sub-batch, its rows named
+    by their index."""
+    if all(isinstance(v, dict) for v in batch.values()):
+        return batch
+    if "example_id" in batch:
+        return {"all": batch}
+    rows = next(v.shape[0] for k, v in batch.items() if k.endswith("/present"))
+    return {"all": {**batch, "example_id": jnp.arange(rows, dtype=jnp.uint32)}}
+
+
+def holding(batch: dict, *names) -> dict[str, dict]:
+    """The sub-batches (by set name) that hold every one of `names`, in the batch's order."""
+    return {set_name: sub for set_name, sub in batch.items() if all(f"{n}/present" in sub for n in names)}
+
+
+def concat_rows(arrays: list, shards: int):
+    """Rows of several sub-batches as one array, concatenated shard by shard: each of the
+    `shards` batch shards keeps its own rows (no data crosses devices), so the rows of one
+    example set are interleaved with the others'. Every consumer below is row-order invariant."""
+    if len(arrays) == 1:
+        return arrays[0]
+    pieces = [a.reshape(shards, a.shape[0] // shards, *a.shape[1:]) for a in arrays]
+    joined = jnp.concatenate(pieces, axis=1)
+    return joined.reshape(-1, *joined.shape[2:])
+
+
+def split_rows(x, sizes: list[int], shards: int) -> list:
+    """The inverse of `concat_rows`."""
+    if len(sizes) == 1:
+        return [x]
+    x = x.reshape(shards, -1, *x.shape[1:])
+    bounds = np.cumsum([0] + [n // shards for n in sizes])
+    return [x[:, lo:hi].reshape(-1, *x.shape[2:]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def modality_inputs(subs: list[dict], name: str, shards: int) -> dict:
+    """One modality's arrays (and presence, and example ids) from every sub-batch in `subs`."""
+    subs = list(subs)
+    keys = [k for k in subs[0] if k.startswith(f"{name}/")] + ["example_id"]
+    return {k: concat_rows([sub[k] for sub in subs], shards) for k in keys}
+
+
+def cooccurring_pairs(model, batch) -> list[tuple[str, str]]:
+    """The modality pairs (in model order) that some sub-batch holds together."""
+    return [(a, b) for a, b in itertools.combinations(model.modality_names, 2) if holding(batch, a, b)]
+
+
+def unimodal_embeddings(model, batch) -> dict[str, dict]:
+    """name -> {set name: embeddings of that sub-batch's rows}: the unimodal pass of a modality
+    runs once, over the rows of every sub-batch that has it, and on no other row."""
+    shards = batch_shards()
+    out = {}
+    for name in model.modality_names:
+        subs = holding(batch, name)
+        if subs:
+            z = model.embed(name, modality_inputs(subs.values(), name, shards))
+            sizes = [sub[f"{name}/present"].shape[0] for sub in subs.values()]
+            out[name] = dict(zip(subs, split_rows(z, sizes, shards)))
+    return out
+
+
+def pair_rows(batch, embeddings, a, b, shards):
+    """The rows where a and b co-occur: (za, zb, both present)."""
+    subs = holding(batch, a, b)
+    za = concat_rows([embeddings[a][s] for s in subs], shards)
+    zb = concat_rows([embeddings[b][s] for s in subs], shards)
+    valid = concat_rows([sub[f"{a}/present"] & sub[f"{b}/present"] for sub in subs.values()], shards)
+    return za, zb, valid
+
+
 def contrastive_losses(model, batch, config, embeddings=None):
-    """Unimodal pass per modality (unless `embeddings` are given), then one contrastive term per
-    present pair (a, b)."""
-    names = model.modality_names
-    embeddings = embeddings or {n: model.embed(n, batch) for n in names}
+    """One contrastive term per pair (a, b) that co-occurs in the batch's sub-batches, over the
+    rows where both are present (`unimodal_embeddings` unless `embeddings` are given)."""
+    embeddings = embeddings or unimodal_embeddings(model, batch)
     kind = config.loss.contrastive.kind
+    shards = batch_shards()
     losses = {}
-    for a, b in itertools.combinations(names, 2):
-        valid = batch[f"{a}/present"] & batch[f"{b}/present"]
+    for a, b in cooccurring_pairs(model, batch):
+        za, zb, valid = pair_rows(batch, embeddings, a, b, shards)
         if kind == "siglip":
-            loss = siglip_loss_chunked(embeddings[a], embeddings[b], model.logit_scale[...],
-                                       model.logit_bias[...], valid)
+            loss = siglip_loss_chunked(za, zb, model.logit_scale[...], model.logit_bias[...], valid)
         else:
-            loss = infonce_loss_chunked(embeddings[a], embeddings[b], model.logit_scale[...], valid)
+            loss = infonce_loss_chunked(za, zb, model.logit_scale[...], valid)
         losses[f"{a}-{b}"] = (loss, jnp.any(valid))
     return losses
 
 
+def row_keys(rng, sub: dict, modality_index: int):
+    """One key per row from (step key, example id, modality): an example's masks do not depend
+    on the rows it shares a batch with, nor on the mesh."""
+    return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(rng, i), modality_index))(sub["example_id"])
+
+
 def masked_losses(model, batch, rng, config):
-    """One fused pass over masked inputs -> {objective: loss} for each masked objective and mmm."""
+    """One fused pass per sub-batch, over masked inputs of that sub-batch's modalities only ->
+    {objective: loss} for each masked objective and mmm. An example whose present modalities are
+    one scores that modality's objective, one with two or more scores mmm; each objective is
+    the mean over all its masked positions in the whole batch."""
     names = model.modality_names
-    present = {n: batch[f"{n}/present"] for n in names}
-    multimodal = sum(p.astype(jnp.int32) for p in present.values()) >= 2
-    blocks, targets = {}, {}
-    for i, name in enumerate(names):
-        stem = model.stems[name]
-        tokens, valid, target, picked = stem.masked_embed(batch, jax.random.fold_in(rng, i), model.dtype)
-        blocks[name] = model.sequence(name, tokens, valid, present[name])
-        targets[name] = (target, picked * valid * present[name][:, None])
-    hidden = model.fused(blocks)
-    losses = {}
-    mmm_values, mmm_weights = [], []
-    for name in names:
-        target, weight = targets[name]
-        per_position = model.stems[name].reconstruction_loss(hidden[name], target, model.dtype)
-        alone = weight * (~multimodal)[:, None]
-        losses[registry.get(name).objective] = safe_mean(per_position, alone)
-        mmm_values.append(per_position.reshape(-1))
-        mmm_weights.append((weight * multimodal[:, None]).reshape(-1))
-    losses["mmm"] = safe_mean(jnp.concatenate(mmm_values), jnp.concatenate(mmm_weights))
-    return losses
+    sums = {obj: 0.0 for obj in [registry.get(n).objective for n in names] + ["mmm"]}
+    counts = dict.fromkeys(sums, 0.0)
+    for sub in batch.values():
+        held = [n for n in names if f"{n}/present" in sub]
+        present = {n: sub[f"{n}/present"] for n in held}
+        multimodal = sum(p.astype(jnp.int32) for p in present.values()) >= 2
+        blocks, targets = {}, {}
+        for name in held:
+            keys = row_keys(rng, sub, names.index(name))
+            tokens, valid, target, picked = model.stems[name].masked_embed(sub, keys, model.dtype)
+            blocks[name] = model.sequence(name, tokens, valid, present[name])
+            targets[name] = (target, picked * valid * present[name][:, None])
+        hidden = model.fused(blocks)
+        for name in held:
+            target, weight = targets[name]
+            per_position = model.stems[name].reconstruction_loss(hidden[name], target, model.dtype)
+            for objective, w in ((registry.get(name).objective, weight * (~multimodal)[:, None]),
+                                 ("mmm", weight * multimodal[:, None])):
+                sums[objective] = sums[objective] + jnp.sum(jnp.where(w > 0, per_position * w, 0.0))
+                counts[objective] = counts[objective] + jnp.sum(w)
+    return {obj: sums[obj] / jnp.maximum(counts[obj], 1.0) for obj in sums}
 
 
 def total_loss(model, batch, rng, config):
-    """Weighted sum of every enabled objective -> (loss, metrics). Zero-weight objectives are not
-    computed at all, so they cost nothing."""
+    """Weighted sum of every enabled objective -> (loss, metrics), over a batch of sub-batches
+    (omni.data.pipeline) or a flat batch (`as_sub_batches`). Zero-weight objectives are not computed at all, so they cost nothing."""
     weights = registry.active_objectives(config)
+    batch = as_sub_batches(batch)
     metrics = {}
     total = 0.0
-    if any(name != "contrastive" for name in weights):
+    if any(name not in ("contrastive", "itm") for name in weights):
         for name, loss in masked_losses(model, batch, rng, config).items():
             metrics[f"loss/{name}"] = loss
             total = total + weights.get(name, 0.0) * loss
     embeddings = None
     if weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0:
-        embeddings = {n: model.embed(n, batch) for n in model.modality_names}
+        embeddings = unimodal_embeddings(model, batch)
     if weights.get("contrastive", 0.0) > 0:
         pairs = contrastive_losses(model, batch, config, embeddings)
         # Summed, not averaged: every pair is its own objective, so a fifth modality does not
         # dilute the image-text signal (averaged over 4 pairs, audio- and smell-text did not learn
         # in the default run). A pair with no valid row in this batch adds exactly zero.
-        contrastive = sum(loss for loss, _ in pairs.values())
+        contrastive = sum((loss for loss, _ in pairs.values()), 0.0)
         for pair, (loss, _) in pairs.items():
             metrics[f"loss/contrastive/{pair}"] = loss
         metrics["loss/contrastive"] = contrastive
         total = total + weights["contrastive"] * contrastive
     if weights.get("itm", 0.0) > 0:
-        pairs = matching.matching_losses(model, batch, embeddings, jax.random.fold_in(rng, 7919), config)
+        pairs = matching_losses(model, batch, embeddings, jax.random.fold_in(rng, 7919), config)
         for pair, loss in pairs.items():
             metrics[f"loss/itm/{pair}"] = loss
-        metrics["loss/itm"] = sum(pairs.values())  # summed over pairs, as the contrastive terms are
+        metrics["loss/itm"] = sum(pairs.values(), 0.0)  # summed over pairs, as the contrastive terms are
         total = total + weights["itm"] * metrics["loss/itm"]
     metrics["loss"] = total
     return total, metrics
+
+
+def matching_losses(model, batch, embeddings, rng, config) -> dict:
+    """The matching objective (omni.matching) for each trained pair that co-occurs in the batch,
+    over the rows of the sub-batches that hold both."""
+    shards = batch_shards()
+    trained = registry.itm_pairs(config, model.modality_names)
+    losses = {}
+    for index, (a, b) in enumerate(trained):
+        subs = holding(batch, a, b)
+        if not subs:
+            continue
+        flat = {**modality_inputs(subs.values(), a, shards), **modality_inputs(subs.values(), b, shards)}
+        za, zb, _ = pair_rows(batch, embeddings, a, b, shards)
+        losses.update(matching.matching_losses(model, flat, {a: za, b: zb}, rng, config,
+                                               pairs=[(index, a, b)]))
+    return losses

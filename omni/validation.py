@@ -61,5 +61,9 @@ def validate(config, num_devices: int) -> None:
     if not isinstance(group_size, int) or group_size < 0:
         raise ConfigError(f"data.group_size={group_size!r}: use a whole number >= 0 (runs of this many "
                           "records of one group; 0 or 1 = no grouping)")
+    multiple = config.data.get("rows_multiple", 0)
+    if not isinstance(multiple, int) or multiple < 0 or (multiple and batch % multiple):
+        raise ConfigError(f"data.rows_multiple={multiple!r}: use 0 (auto) or a whole number that divides "
+                          f"train.batch_size={batch} (rows per modality set come in multiples of it)")
     if config.train.steps < 1:
         raise ConfigError(f"train.steps={config.train.steps} must be at least 1")

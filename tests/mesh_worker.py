@@ -23,7 +23,9 @@ def run(steps: int, shape: str) -> dict:
                  # matching on: its rows are packed per shard and its hard negatives are mined
                  # around the device ring, and neither may depend on the mesh (rows = the batch:
                  # no shard holds more pairs than its share)
-                 "--config.loss.itm.weight=0.5", "--config.loss.itm.rows=8"]
+                 "--config.loss.itm.weight=0.5", "--config.loss.itm.rows=8",
+                 # two sub-batches by modality set, each split over up to 8 batch shards
+                 "--config.train.batch_size=16", "--config.data.mixture=image+text=8,text=8"]
     config = config_lib.load_config(None, SMALL + overrides)
     validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
@@ -40,7 +42,7 @@ def run(steps: int, shape: str) -> dict:
     with jax.set_mesh(mesh):
         for i in range(steps):
             local, _ = next(batches)
-            batch = {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+            batch = jax.tree.map(jax.make_array_from_process_local_data, shardings, local)
             if i == 0:  # compiled once, ahead of time, for its memory analysis; every step runs it
                 compiled = step_fn.lower(state, batch, setup.step_args).compile()
                 state_bytes = sum(

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from omni.bench import bench
-from omni.flops import model_flops_per_step, tokens_per_step
+from omni.bench.plan import mixture_slots
+from omni.flops import model_flops_per_step, token_slots_per_step
 from tests.conftest import REPO, SMALL_ALL, omni_command, small_config
 
 
@@ -17,10 +18,17 @@ def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
 
     step = result["step_time_s"]
     assert step > 0 and result["compile_time_s"] > 0 and result["peak_flops_per_s"] > 0
-    assert result["model_flops_per_step"] == model_flops_per_step(config)
+    # a synthetic batch holds the data's modality sets with every token real: real = slots
+    slots = mixture_slots(config)
+    assert len(slots) == 2 and result["token_fill"] == 1.0
+    assert result["padded_flops_per_step"] == model_flops_per_step(config, slots)
+    assert result["model_flops_per_step"] == pytest.approx(result["padded_flops_per_step"], rel=1e-6)
+    # the mixture's slots are fewer than every modality in every row
+    assert result["padded_flops_per_step"] < model_flops_per_step(config)
     # MFU = achieved FLOP/s over the peak of every device; tokens/s from the step time.
     assert result["mfu"] == pytest.approx(result["model_flops_per_step"] / step / result["peak_flops_per_s"])
-    assert result["tokens_per_s"] == pytest.approx(tokens_per_step(config) / step)
+    assert 0 < result["mfu"] <= 1
+    assert result["tokens_per_s"] == pytest.approx(token_slots_per_step(config, slots) / step)
     assert result["examples_per_s"] == pytest.approx(config.train.batch_size / step)
 
     traces = list((tmp_path / "trace").rglob("*.xplane.pb"))
@@ -38,4 +46,7 @@ def test_bench_on_real_data_fits_the_run_assets(default_data):
     assert "fitted the smell asset on the training split" in out.stderr
     assert result["config"] == "tiny" and result["batch_size"] == 8
     assert np.isfinite(result["loss"]) and result["loss"] > 0
-    assert result["step_time_s"] > 0 and 0 < result["mfu"]
+    assert result["step_time_s"] > 0 and 0 < result["mfu"] <= 1
+    # real batches pad text and hold each example's own modalities only
+    assert 0 < result["token_fill"] < 1 and result["padded_mfu"] > result["mfu"]
+    assert result["model_flops_per_step"] < result["padded_flops_per_step"]

@@ -117,7 +117,9 @@ def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
 
 
 def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
+    from omni.data import pipeline
     from omni.flops import model_flops_per_step
+    from omni.scaling.measure import last_training_row
 
     common = SMALL + ["--config.train.steps=3", "--config.train.eval_every=0", "--config.train.log_every=1",
                       "--config.train.checkpoint_every=100"]
@@ -145,10 +147,17 @@ def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
     result = json.loads(files["d1"].read_text())
     width, vocab, max_len, grid = 32, 400, 12, 16 // 8
     assert result["N_total"] - result["N"] == width * (vocab + max_len + 2 * grid)
-    assert result["D"] == 3 * 8 * (max_len + grid * grid)
-    assert result["C_6ND"] == pytest.approx(6 * result["N"] * result["D"])
     config = scaling.build_run_config("tiny.py", result["overrides"])
-    assert result["C_analytic"] == pytest.approx(model_flops_per_step(config) * 3)
+    # D in present, non-padding tokens (what training logged), the slots of the sub-batches beside it
+    rows = {sub.modalities: sub.rows for sub in pipeline.mixture_of(config).sub_batches}
+    image_rows = sum(r for held, r in rows.items() if "image" in held)
+    assert result["D_slots"] == 3 * (8 * max_len + image_rows * grid * grid)
+    logged = last_training_row(out / "runs" / "d1")
+    assert result["D"] == pytest.approx(3 * logged["real_tokens_per_step"])
+    assert 0 < result["D"] < result["D_slots"] + 3 * (8 + image_rows)  # CLS tokens count as real
+    assert result["C_6ND"] == pytest.approx(6 * result["N"] * result["D"])
+    assert result["C_analytic"] == pytest.approx(logged["model_flops_per_step"] * 3)
+    assert result["C_analytic"] < model_flops_per_step(config, list(rows.items())) * 3
     assert result["C_xla"] > 0 and result["C_hlo_unrolled"] > 0
     assert math.isfinite(result["loss"]) and result["loss_source"].startswith("held-out")
     assert {"loss/mmm", "loss/contrastive"} <= set(result["losses"])

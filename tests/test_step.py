@@ -54,9 +54,11 @@ def test_one_compile_for_every_modality_mix(compiled):
     state, _ = step(setup.init_state(), batch, setup.step_args)
     compiled_before = step._cache_size()
     for text, image in ((True, True), (True, False), (False, True)):
-        mixed = dict(batch)
-        mixed["text/present"] = jnp.full_like(batch["text/present"], text)
-        mixed["image/present"] = jnp.full_like(batch["image/present"], image)
+        mixed = {name: dict(sub) for name, sub in batch.items()}
+        for sub in mixed.values():  # each sub-batch switches off what it holds
+            for key, on in (("text/present", text), ("image/present", image)):
+                if key in sub:
+                    sub[key] = jnp.full_like(sub[key], on)
         state, _ = step(state, mixed, setup.step_args)
     assert step._cache_size() == compiled_before
 

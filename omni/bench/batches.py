@@ -1,5 +1,5 @@
 """Batches to time a step on: one of the configured data with the assets a training run fits, or
-a synthetic one that needs no dataset or tokenizer."""
+a synthetic one that needs no tokenizer. Both come as the sub-batches of the configured mixture."""
 from __future__ import annotations
 
 import tempfile
@@ -11,7 +11,7 @@ import numpy as np
 from omni.data import pipeline
 from omni.data.records import open_split
 from omni.run.assets import load_or_fit_assets
-from omni.run.setup import batch_spec
+
 
 
 def real_batch(config, setup):
@@ -22,22 +22,25 @@ def real_batch(config, setup):
     with tempfile.TemporaryDirectory(prefix="omni-bench-") as workdir:
         assets, _ = load_or_fit_assets(config, Path(workdir), None, source)
     local, _ = next(pipeline.training_batches(source, config, assets))
-    shardings = setup.batch_shardings()
-    batch = {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+    batch = jax.tree.map(jax.make_array_from_process_local_data, setup.batch_shardings(), local)
     return batch, source, assets
 
 
 def synthetic_batch(config, setup):
-    """Random token ids and pixels, every modality present: no dataset or tokenizer needed."""
+    """Random token ids and pixels in the sub-batches of the configured mixture (the data's
+    modality sets), every held modality present and every token real: no tokenizer needed."""
     rng = np.random.default_rng(0)
-    shardings = setup.batch_shardings()
     batch = {}
-    for key, (shape, dtype) in batch_spec(config).items():
-        if dtype == np.bool_:
-            value = np.ones(shape, np.bool_)
-        elif key == "text/ids":
-            value = rng.integers(4, config.modalities.text.vocab_size, shape).astype(dtype)
-        else:
-            value = rng.integers(0, 256, shape).astype(dtype)
-        batch[key] = jax.make_array_from_process_local_data(shardings[key], value)
-    return batch
+    for sub, arrays in setup.batch_spec().items():
+        batch[sub] = {}
+        for key, (shape, dtype) in arrays.items():
+            if dtype == np.bool_:
+                value = np.ones(shape, np.bool_)
+            elif key == "text/ids":
+                value = rng.integers(4, config.modalities.text.vocab_size, shape).astype(dtype)
+            elif key == "example_id":
+                value = np.arange(shape[0], dtype=dtype)
+            else:
+                value = rng.integers(0, 256, shape).astype(dtype)
+            batch[sub][key] = value
+    return jax.tree.map(jax.make_array_from_process_local_data, setup.batch_shardings(), batch)

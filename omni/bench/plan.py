@@ -9,14 +9,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from omni.bench.setup import mesh_and_setup
+from omni.data import pipeline
 from omni.flops import model_flops_per_step
-from omni.run.setup import batch_spec
+
 
 
 def _abstract_batch(setup):
+    """The sub-batches of the configured mixture as shapes, dtypes and shardings."""
     shardings = setup.batch_shardings()
-    return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[k])
-            for k, (shape, dtype) in batch_spec(setup.config).items()}
+    return {sub: {k: jax.ShapeDtypeStruct(shape, dtype, sharding=shardings[sub][k])
+                  for k, (shape, dtype) in arrays.items()}
+            for sub, arrays in setup.batch_spec().items()}
+
+
+def mixture_slots(config) -> list[tuple[tuple[str, ...], int]]:
+    """[(modalities, rows)] of the configured mixture: what the step's slot count is over."""
+    return [(sub.modalities, sub.rows) for sub in pipeline.mixture_of(config).sub_batches]
 
 
 def _bytes_per_device(tree) -> int:
@@ -55,7 +63,9 @@ def plan(config) -> dict:
         "activation_bytes_per_device": temp,
         # Donated state is aliased to the output, so it is counted once.
         "total_bytes_per_device": arguments + outputs - aliased + temp,
-        "model_flops_per_step": model_flops_per_step(config),
+        # every token slot of the mixture's sub-batches counted as work (real tokens need a batch:
+        # `omni bench` reports both)
+        "model_flops_per_step": model_flops_per_step(config, mixture_slots(config)),
         "compiled_flops_per_step_per_device": compiled_flops(compiled),
         # XLA's cost analysis counts a while-loop body once: with scan_layers the compiled figure
         # covers one layer of the stack; plan with --config.model.scan_layers=false to compare.

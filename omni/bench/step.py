@@ -1,5 +1,7 @@
 """`omni bench`: time the compiled train step on one batch of the configured data (or a synthetic
-one), beside the device's matmul peak measured in the same process, and the input pipeline alone."""
+one), beside the device's matmul peak measured in the same process, and the input pipeline alone.
+FLOPs, `mfu` and `tokens_per_s` count present, non-padding tokens of that batch; `padded_mfu`
+counts every token slot the step computes, and `token_fill` is the ratio of the two token counts."""
 from __future__ import annotations
 
 import time
@@ -7,10 +9,10 @@ import time
 import jax
 
 from omni.bench.batches import real_batch, synthetic_batch
-from omni.bench.plan import compiled_flops
+from omni.bench.plan import compiled_flops, mixture_slots
 from omni.bench.setup import mesh_and_setup
 from omni.data import pipeline
-from omni.flops import measure_peak_flops, model_flops_per_step, tokens_per_step
+from omni.flops import measure_peak_flops, model_flops_per_step
 
 
 def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, synthetic: bool = False,
@@ -42,15 +44,21 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
                     state, metrics = compiled(state, batch, setup.step_args)
                 jax.block_until_ready(state)
     peak = measure_peak_flops(config.model.dtype)
-    flops = model_flops_per_step(config)
-    flops_compiled = compiled_flops(compiled)
+    padded = model_flops_per_step(config, mixture_slots(config))
+    work = {k: float(metrics[k]) for k in ("real_flops", "real_tokens", "token_slots")}
+    total_peak = peak * jax.device_count()
     result = {
         "config": config.name, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "dtype": config.model.dtype, "batch_size": int(config.train.batch_size),
+        "mixture": config.data.mixture or pipeline.mixture_of(config).spec(),
         "step_time_s": step_s, "compile_time_s": compile_s,
-        "model_flops_per_step": flops, "compiled_flops_per_step": flops_compiled,
-        "peak_flops_per_s": peak, "mfu": flops / step_s / (peak * jax.device_count()),
-        "tokens_per_s": tokens_per_step(config) / step_s,
+        # FLOPs, MFU and tokens/s count present, non-padding tokens; padded_mfu counts every slot
+        "model_flops_per_step": work["real_flops"], "padded_flops_per_step": padded,
+        "compiled_flops_per_step": compiled_flops(compiled),
+        "peak_flops_per_s": peak, "mfu": work["real_flops"] / step_s / total_peak,
+        "padded_mfu": padded / step_s / total_peak,
+        "token_fill": work["real_tokens"] / work["token_slots"],
+        "tokens_per_s": work["real_tokens"] / step_s,
         "examples_per_s": config.train.batch_size / step_s,
         "loss": float(metrics["loss"]),
     }

@@ -50,7 +50,9 @@ class EpochOrder:
     runs when group_size > 1 (with group_size <= 1, or no record in a group, the order is the plain
     permutation)."""
 
-    def __init__(self, num_records: int, seed: int, groups: np.ndarray | None = None, group_size: int = 0):
+    def __init__(self, num_records: int, seed: int, groups: np.ndarray | None = None, group_size: int = 0,
+                 stream: int = 0):
+        """stream: a separate order for the same seed (one per modality set), 0 = the plain order."""
         if num_records == 0:
             raise DataError("the training split is empty")
         if group_size > 1 and (groups is None or len(groups) != num_records):
@@ -61,10 +63,11 @@ class EpochOrder:
         grouped = group_size > 1 and bool(np.any(np.asarray(groups) >= 0))
         self.groups = np.asarray(groups) if grouped else None  # no group at all: the plain order
         self.group_size = group_size
+        self.stream = stream
 
     @functools.lru_cache(maxsize=4)
     def permutation(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng((self.seed, 0, epoch))
+        rng = np.random.default_rng((self.seed, 0, epoch) if not self.stream else (self.seed, 0, epoch, self.stream))
         order = rng.permutation(self.n)
         if self.groups is None:
             return order
@@ -72,3 +75,17 @@ class EpochOrder:
 
     def __getitem__(self, position: int) -> int:
         return int(self.permutation(position // self.n)[position % self.n])
+
+
+class SubsetOrder:
+    """Position -> record index over a subset of the records (those of one modality set): the
+    EpochOrder of the subset, on its own seed stream. `indices`: the subset's record indices."""
+
+    def __init__(self, indices: np.ndarray, seed: int, stream: int, groups: np.ndarray | None = None,
+                 group_size: int = 0):
+        self.indices = np.asarray(indices)
+        subset_groups = None if groups is None else np.asarray(groups)[self.indices]
+        self.order = EpochOrder(len(self.indices), seed, subset_groups, group_size, stream=stream)
+
+    def __getitem__(self, position: int) -> int:
+        return int(self.indices[self.order[position]])

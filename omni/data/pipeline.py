@@ -1,14 +1,18 @@
 """From records to static-shape numpy batches, deterministically.
 
-Training order is a pure function of (seed, position) (omni.data.order: record perm_e[k mod n] at
-global position k, optionally in runs of one group). Batch s holds positions [s*B, (s+1)*B);
-process p of P takes its contiguous 1/P of them. So resuming at step s replays exactly what an
-uninterrupted run would read, and a checkpoint needs only the step.
+A training batch is one sub-batch per modality set of the mixture (omni.data.mixture):
+{set name: {"<modality>/<array>": ..., "<modality>/present": ..., "example_id": ...}}, each with
+only its own modalities' arrays. Each set has its own order, a pure function of (seed, position)
+(omni.data.order: record perm_e[k mod n] of that set's records, on the set's own seed stream).
+Sub-batch s of step t holds its set's positions [t*R_s, (t+1)*R_s); process p of P takes its
+contiguous 1/P of them. So resuming at step t replays exactly what an uninterrupted run would read,
+whatever the number of processes, and a checkpoint needs only the step. `example_id` names the
+example (its set and position) so that its random masks do not depend on which rows it shares a
+batch with.
 
-grain runs the per-batch work (read, decode, tokenize, resize) on threads and prefetches ahead.
-Every batch holds every configured modality at its fixed shape plus a `<name>/present` bit; a
+grain runs the per-batch work (read, decode, tokenize, resize) on threads and prefetches ahead. A
 missing or undecodable field becomes all-zero with presence off (skip and count, or raise, per
-config.data.on_error).
+config.data.on_error). Evaluation batches stay flat: every asked-for modality, with presence bits.
 """
 from __future__ import annotations
 
@@ -17,8 +21,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from omni.data import mixture
 from omni.data.default import ensure_default_dataset
-from omni.data.order import EpochOrder
+from omni.data.order import SubsetOrder
 from omni.data.records import open_split
 from omni.errors import DataError
 from omni.modalities import registry
@@ -40,7 +45,8 @@ class ExampleEncoder:
         self.train = train
         self.names = list(modalities) if modalities is not None else list(config.modalities.keys())
 
-    def __call__(self, record: dict, position: int) -> tuple[dict, list[str]]:
+    def __call__(self, record: dict, position: int, stream: int = 0) -> tuple[dict, list[str]]:
+        """stream: the seed stream of the record's modality set (its dropout draw's seed)."""
         arrays, problems, present = {}, [], {}
         for name in self.names:
             modality = registry.get(name)
@@ -58,19 +64,19 @@ class ExampleEncoder:
             if not present[name]:
                 arrays.update(modality.empty(self.config))
         if self.train:
-            present = self._modality_dropout(present, position)
+            present = self._modality_dropout(present, position, stream)
         for name in self.names:
             if not present[name]:
                 arrays.update(registry.get(name).empty(self.config))
             arrays[f"{name}/present"] = np.bool_(present[name])
         return arrays, problems
 
-    def _modality_dropout(self, present, position):
+    def _modality_dropout(self, present, position, stream):
         """With probability data.modality_dropout, a multimodal example keeps one modality only,
         so the unimodal masked objectives also see paired data (and the model learns to cope
         with a missing modality)."""
         kept = [n for n in self.names if present[n]]
-        rng = np.random.default_rng((int(self.config.train.seed), 1, position))
+        rng = np.random.default_rng((int(self.config.train.seed), 1, stream, position))
         if len(kept) >= 2 and rng.random() < float(self.config.data.modality_dropout):
             keep = kept[rng.integers(len(kept))]
             return {n: n == keep for n in self.names}
@@ -81,24 +87,63 @@ def stack(rows: list[dict]) -> dict[str, np.ndarray]:
     return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
 
 
+def example_id(stream: int, position: int) -> np.uint32:
+    """A 32-bit name of the example at `position` of the set on seed stream `stream`."""
+    return np.uint32((stream * 0x9E3779B1 + position) % 2 ** 32)
+
+
+def mixture_of(config, source=None) -> mixture.Mixture:
+    """The config's rows per modality set; an empty data.mixture takes the training split's own
+    proportions (reading `source`, or the configured training split)."""
+    if config.data.get("mixture"):  # rows or weights given: no need to read the data
+        return mixture.resolve(config)
+    source = source if source is not None else open_training_split(config)
+    configured = list(config.modalities.keys())
+    return mixture.resolve(config, mixture.set_counts(mixture.record_sets(source, configured), configured))
+
+
+def with_resolved_mixture(config, source=None):
+    """The config with data.mixture written out as rows per set, so that config.json, a resumed
+    run and every process use the same sub-batches even if the data's proportions change."""
+    resolved = mixture_of(config, source)
+    config = config.copy_and_resolve_references()
+    config.data.mixture = resolved.spec()
+    return config, resolved
+
+
 def training_batches(source, config, assets, start_step: int = 0):
-    """Iterator over (local numpy batch, problems) for steps start_step .. train.steps-1."""
-    global_batch = int(config.train.batch_size)
+    """Iterator over (local numpy batch {set: arrays}, problems) for steps start_step .. train.steps-1."""
     processes, process = jax.process_count(), jax.process_index()
-    local = global_batch // processes
+    configured = list(config.modalities.keys())
+    masks = mixture.record_sets(source, configured)
+    resolved = mixture.resolve(config, mixture.set_counts(masks, configured))
+    mixture.check_divides(resolved, 1, processes)
     group_size = int(config.data.get("group_size", 0))
     groups = source.groups() if group_size > 1 else None
-    order = EpochOrder(len(source), int(config.train.seed), groups, group_size)
-    encode = ExampleEncoder(config, assets, train=True)
+    plans = []
+    for sub in resolved.sub_batches:
+        indices = np.flatnonzero(masks == mixture.mask_of(sub.modalities, configured))
+        if len(indices) == 0:
+            held = ", ".join(mixture.set_name(s) or "(none)" for s in mixture.set_counts(masks, configured))
+            raise DataError(f"data.mixture gives {sub.rows} rows to {sub.name}, but the training split "
+                            f"{source.path} holds no record of that set (it holds: {held})")
+        stream = mixture.stream_of(sub.modalities)
+        order = SubsetOrder(indices, int(config.train.seed), stream, groups, group_size)
+        plans.append((sub, stream, order, ExampleEncoder(config, assets, train=True, modalities=sub.modalities)))
 
     def make_batch(step: int):
-        first = step * global_batch + process * local
-        rows, problems = [], []
-        for position in range(first, first + local):
-            arrays, issues = encode(source[order[position]], position)
-            rows.append(arrays)
-            problems.extend(issues)
-        return stack(rows), problems
+        batch, problems = {}, []
+        for sub, stream, order, encode in plans:
+            local = sub.rows // processes
+            first = step * sub.rows + process * local
+            rows = []
+            for position in range(first, first + local):
+                arrays, issues = encode(source[order[position]], position, stream)
+                arrays["example_id"] = example_id(stream, position)
+                rows.append(arrays)
+                problems.extend(issues)
+            batch[sub.name] = stack(rows)
+        return batch, problems
 
     import grain  # imported here so that code which never reads data (bench, export) does not need it
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from omni.data import mixture
 from omni.errors import DataError
 from omni.modalities import registry
 
@@ -129,7 +130,9 @@ def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
     version_dir = _version_dir(out_dir)
     for split in splits:
         written = Split(out_dir, split)
-        write_group_index(version_dir, split, (written[i].get("group", "") for i in range(len(written))))
+        in_order = [written[i] for i in range(len(written))]
+        write_group_index(version_dir, split, (r.get("group", "") for r in in_order))
+        mixture.write_modality_index(version_dir, split, in_order, registry.MODALITIES)
     return out_dir
 
 

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from omni.errors import ConfigError
-from omni.modalities.base import Modality, ReconstructingStem
+from omni.modalities.base import Modality, ReconstructingStem, row_uniform
 from omni.modalities.image import normalized_patch_targets
 from omni.nn import Dense, matmul, param
 
@@ -201,7 +201,7 @@ def span_mask(rng, batch: int, num_tokens: int, span: int, mask_ratio: float):
     of tokens (static shapes). Tokens past the last whole span are never masked."""
     cells = num_tokens // span
     count = min(round(mask_ratio * num_tokens / span), cells)
-    rank = jnp.argsort(jax.random.uniform(rng, (batch, cells)), axis=-1).argsort(axis=-1)
+    rank = jnp.argsort(row_uniform(rng, (batch, cells)), axis=-1).argsort(axis=-1)
     masked = jnp.repeat(rank < count, span, axis=1)
     return jnp.pad(masked, ((0, 0), (0, num_tokens - cells * span)))
 

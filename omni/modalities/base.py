@@ -28,10 +28,22 @@ from omni import mup
 from omni.nn import Dense, LayerNorm, param
 
 
+def row_keys(rng, batch: int):
+    """One key per row. The train step gives `masked_embed` one key per example (folded from its
+    id, omni.objectives.row_keys), so an example's mask does not depend on the rows beside it;
+    a single key is split into `batch` keys."""
+    return rng if rng.ndim == 1 else jax.random.split(rng, batch)
+
+
+def row_uniform(rng, shape):
+    """Uniform [0, 1) floats of `shape` = (batch, ...), each row drawn from its own key."""
+    return jax.vmap(lambda key: jax.random.uniform(key, shape[1:]))(row_keys(rng, shape[0]))
+
+
 def random_token_mask(rng, batch: int, num: int, count: int):
     """bool [batch, num], True at exactly `count` random positions of every row (a static count,
-    so the step's shapes never change)."""
-    rank = jnp.argsort(jax.random.uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
+    so the step's shapes never change). rng: one key, or one per row."""
+    rank = jnp.argsort(row_uniform(rng, (batch, num)), axis=-1).argsort(axis=-1)
     return rank < count
 
 

@@ -13,7 +13,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from omni.errors import ConfigError
 from omni import mup
-from omni.modalities.base import Modality
+from omni.modalities.base import Modality, row_keys, row_uniform
 from omni.nn import LayerNorm, matmul, param
 
 PAD_ID, CLS_ID, MASK_ID, UNK_ID = 0, 1, 2, 3
@@ -100,10 +100,11 @@ class TextStem(nnx.Module):
         """BERT masking: pick mask_rate of real tokens; 80% -> [MASK], 10% -> random, 10% kept."""
         ids = inputs["text/ids"]
         valid = ids != PAD_ID
-        pick_rng, kind_rng, random_rng = jax.random.split(rng, 3)
-        picked = valid & (jax.random.uniform(pick_rng, ids.shape) < self.mask_rate)
-        kind = jax.random.uniform(kind_rng, ids.shape)
-        random_ids = jax.random.randint(random_rng, ids.shape, len(SPECIAL_TOKENS), self.vocab_size)
+        keys = jax.vmap(lambda key: jax.random.split(key, 3))(row_keys(rng, ids.shape[0]))  # [B, 3]
+        picked = valid & (row_uniform(keys[:, 0], ids.shape) < self.mask_rate)
+        kind = row_uniform(keys[:, 1], ids.shape)
+        random_ids = jax.vmap(lambda key: jax.random.randint(key, ids.shape[1:], len(SPECIAL_TOKENS),
+                                                             self.vocab_size))(keys[:, 2])
         corrupted = jnp.where(picked & (kind < 0.8), MASK_ID, ids)
         corrupted = jnp.where(picked & (kind >= 0.8) & (kind < 0.9), random_ids, corrupted)
         return self._embed_ids(corrupted), valid, ids, picked.astype(jnp.float32)

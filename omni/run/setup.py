@@ -8,6 +8,7 @@ had never stopped. Training, evaluation, export and bench all build their state 
 """
 from __future__ import annotations
 
+import functools
 import sys
 from dataclasses import dataclass
 
@@ -20,7 +21,9 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from omni import matching, mup, objectives, parallel
 from omni.checkpoint import abstract_like
+from omni.data import mixture, pipeline
 from omni.errors import ConfigError
+from omni.flops import real_work
 from omni.modalities import registry
 from omni.model import Omni
 
@@ -122,14 +125,20 @@ def param_shardings(abstract_state, mesh) -> dict:
     return out
 
 
-def batch_spec(config) -> dict[str, tuple[tuple, np.dtype]]:
-    """Global batch arrays: key -> (shape, dtype)."""
-    batch = int(config.train.batch_size)
+def batch_spec(config, resolved=None) -> dict[str, dict[str, tuple[tuple, np.dtype]]]:
+    """Global batch arrays, one sub-batch per modality set of the mixture (omni.data.mixture):
+    set name -> key -> (shape, dtype). Each holds only its own modalities' arrays and presence
+    bits, and `example_id` (omni.data.pipeline). `resolved`: the mixture, when already known."""
+    resolved = resolved or pipeline.mixture_of(config)
     spec = {}
-    for name in config.modalities:
-        for key, (shape, dtype) in registry.get(name).array_spec(config).items():
-            spec[key] = ((batch, *shape), dtype)
-        spec[f"{name}/present"] = ((batch,), np.bool_)
+    for sub in resolved.sub_batches:
+        arrays = {}
+        for name in sub.modalities:
+            for key, (shape, dtype) in registry.get(name).array_spec(config).items():
+                arrays[key] = ((sub.rows, *shape), dtype)
+            arrays[f"{name}/present"] = ((sub.rows,), np.bool_)
+        arrays["example_id"] = ((sub.rows,), np.uint32)
+        spec[sub.name] = arrays
     return spec
 
 
@@ -167,8 +176,23 @@ class Setup:
 
         return jax.jit(init, out_shardings=self.state_shardings)()
 
+    @functools.cached_property
+    def mixture(self):
+        """The rows per modality set of a training batch (omni.data.mixture), resolved once: an
+        empty data.mixture reads the training split's proportions, which only training needs."""
+        return pipeline.mixture_of(self.config)
+
+    def batch_spec(self) -> dict:
+        """The sub-batches' arrays; ConfigError when a sub-batch does not split over the batch
+        shards of the mesh or over the processes."""
+        shards = int(np.prod([self.mesh.shape[a] for a in ("data", "fsdp") if a in self.mesh.shape]))
+        mixture.check_divides(self.mixture, shards, jax.process_count())
+        return batch_spec(self.config, self.mixture)
+
     def batch_shardings(self):
-        return {k: parallel.batch_sharding(self.mesh, len(shape)) for k, (shape, _) in batch_spec(self.config).items()}
+        """The sharding of every array of every sub-batch: rows over the batch shards."""
+        return {sub: {k: parallel.batch_sharding(self.mesh, len(shape)) for k, (shape, _) in arrays.items()}
+                for sub, arrays in self.batch_spec().items()}
 
     def compile_train_step(self):
         """jit of `train_step(state, batch, step_args) -> (state, metrics)`; call it with
@@ -277,7 +301,9 @@ def make_train_step(config, graphdef, lr_multipliers):
             "opt_state": keep_if_finite(opt_state, state["opt_state"]),
             "bad_steps": jnp.where(finite, 0, state["bad_steps"] + 1),
         }
-        metrics = dict(metrics, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
+        # what the step did, counted on real tokens (omni.flops.real_work): MFU and tokens/s
+        work = real_work(nnx.merge(graphdef, state["params"]), batch, config)
+        metrics = dict(metrics, **work, grad_norm=grad_norm, skipped=(~finite).astype(jnp.int32))
         return new_state, metrics
 
     return train_step

@@ -27,12 +27,13 @@ def short_name(target: str) -> str:
 
 
 def seed_noise(runs: list[dict], targets: list[str]) -> dict:
-    """Runs with the same N and D (seeds of one point): per target the mean, the standard
+    """Runs with the same N and token slots D_slots (seeds of one point: D in real tokens moves a
+    little with the examples each seed draws): per target the mean, the standard
     deviation over them (ddof 1) and that relative to the mean; plus the median held-out
     standard error of each target's mean over evaluation batches, relative to the loss."""
     by_point: dict[tuple, list[dict]] = {}
     for r in runs:
-        by_point.setdefault((r["N"], r["D"]), []).append(r)
+        by_point.setdefault((r["N"], r.get("D_slots", r["D"])), []).append(r)
     out = {}
     repeated = [group for group in by_point.values() if len(group) >= 2]
     if repeated:

@@ -3,10 +3,11 @@ that measure N, C_xla and L (omni.scaling.sweep.run_one assembles them with D an
 
 N   parameters minus the embedding tables (tree keys containing tokens, positions, rows, cols:
     the text token table -- tied to the output layer -- and the text / image position tables).
-D   token positions processed: steps x batch x tokens per example summed over the modalities
-    (padding and absent modalities included: the model computes on them), and per modality.
-C   C_6ND = 6 N D (what the law's compute-optimal formula uses); C_analytic =
-    omni.flops.model_flops_per_step x steps (unimodal + fused passes, attention, heads);
+D   present, non-padding tokens processed: steps x the real tokens per step that training logged
+    (omni.flops.real_work), so a law carries over between data mixtures; D_slots and
+    D_per_modality count the token slots the sub-batches hold (padding included).
+C   C_6ND = 6 N D (what the law's compute-optimal formula uses); C_analytic = the real-token
+    training FLOPs per step x steps (unimodal + fused passes, attention, heads);
     C_xla = XLA's cost analysis of the compiled step x steps (see compiled_step_flops).
 L   the final checkpoint's loss on `eval_batches` batches of the held-out split, encoded like
     training batches (see heldout_losses); with eval_batches = 0, the final training row.
@@ -26,7 +27,7 @@ from omni import config as config_lib, objectives, parallel
 from omni.data import pipeline
 from omni.data.records import open_split, split_names
 from omni.run.load import load_run
-from omni.run.setup import batch_spec, build_setup
+from omni.run.setup import build_setup
 
 # Parameter-tree keys that hold embeddings: token tables and positional tables (text tokens and
 # positions, image row/column position tables). Their parameters are excluded from N.
@@ -61,8 +62,9 @@ def compiled_step_flops(config) -> dict:
 
     def abstract_batch(setup):
         shardings = setup.batch_shardings()
-        return {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=shardings[k])
-                for k, (shape, dtype) in batch_spec(setup.config).items()}
+        return {sub: {k: jax.ShapeDtypeStruct(shape, jnp.dtype(dtype), sharding=shardings[sub][k])
+                      for k, (shape, dtype) in arrays.items()}
+                for sub, arrays in setup.batch_spec().items()}
 
     def flops_of(analysis):
         if isinstance(analysis, (list, tuple)):
@@ -113,7 +115,7 @@ def heldout_losses(workdir, split: str, batches: int, config=None) -> dict | Non
     values: dict[str, list[float]] = {}
     with jax.set_mesh(setup.mesh):
         for i, (local, _) in enumerate(pipeline.training_batches(source, eval_config, assets)):
-            batch = {k: jax.make_array_from_process_local_data(shardings[k], v) for k, v in local.items()}
+            batch = jax.tree.map(jax.make_array_from_process_local_data, shardings, local)
             metrics = jax.device_get(loss_fn(params, batch, jax.random.fold_in(key, i)))
             for name, value in metrics.items():
                 value = float(value)

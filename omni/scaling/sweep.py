@@ -105,13 +105,19 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
             os.replace(partial, shared_tokenizer)
 
     steps, batch = int(config.train.steps), int(config.train.batch_size)
-    tokens_per_modality = {m: batch * int(registry.get(m).num_tokens(config)) * steps for m in config.modalities}
-    D = sum(tokens_per_modality.values())
-    flops_per_step = model_flops_per_step(config)
+    sub_batches = [(sub.modalities, sub.rows) for sub in setup.mixture.sub_batches]
+    # slots per modality: its tokens in every row of the sub-batches that hold it
+    tokens_per_modality = {m: sum(rows for held, rows in sub_batches if m in held) *
+                           int(registry.get(m).num_tokens(config)) * steps for m in config.modalities}
+    padded_flops_per_step = model_flops_per_step(config, sub_batches)
     # The last training row of metrics.jsonl (train() returns nothing new when it resumes a run
     # that had already finished training). An objective that had nothing to score reports
     # exactly 0 (e.g. mmm in a one-modality run): left out.
     row = last_training_row(run_dir) or last
+    # D and C on present, non-padding tokens (omni.flops.real_work, logged per step), so that a
+    # law carries over between data mixtures; the slot counts stay beside them
+    D = float(row.get("real_tokens_per_step", 0.0)) * steps or float(sum(tokens_per_modality.values()))
+    flops_per_step = float(row.get("model_flops_per_step", 0.0)) or padded_flops_per_step
     train_row = {k: float(v) for k, v in row.items()
                  if k == "loss" or (k.startswith("loss/") and float(v) != 0.0)}
 
@@ -140,6 +146,7 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
         "width": int(config.model.width), "depth": int(config.model.depth),
         "N": n_non_embedding, "N_total": n_total,
         "steps": steps, "batch_size": batch, "D": D, "D_per_modality": tokens_per_modality,
+        "D_slots": float(sum(tokens_per_modality.values())), "padded_flops_per_step": padded_flops_per_step,
         "C_6ND": 6.0 * n_non_embedding * D,
         "C_analytic": flops_per_step * steps, "analytic_flops_per_step": flops_per_step,
         **{k: v for k, v in xla.items()},

@@ -19,7 +19,7 @@ from omni.checkpoint import Checkpoints
 from omni.data import pipeline
 from omni.data.records import open_split, split_names
 from omni.errors import Preempted
-from omni.flops import measure_peak_flops, model_flops_per_step, tokens_per_step
+from omni.flops import measure_peak_flops, model_flops_per_step
 from omni.model import count_params
 from omni.run.assets import load_or_fit_assets, log
 from omni.run.bundle import load_bundle_params
@@ -47,6 +47,7 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
     (when the dataset has one)."""
     workdir = Path(workdir)
     with Preemption() as preemption:
+        config = set_up_mixture(config)
         mesh = set_up_mesh(config, workdir)
         data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
         try:
@@ -64,6 +65,17 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
 # ==============================================================================================
 # Set up the mesh
 # ==============================================================================================
+
+def set_up_mixture(config):
+    """data.mixture as rows per modality set (omni.data.mixture), written into the config (and so
+    into config.json) before anything else reads it; sets of the data that get no rows are reported."""
+    config, resolved = pipeline.with_resolved_mixture(config)
+    log(f"sub-batches by modality set: {config.data.mixture}")
+    for name, count in resolved.unused.items():
+        log(f"warning: {count} training records hold {name}, a set data.mixture gives no rows: they are "
+            "not trained on (add the set to data.mixture)")
+    return config
+
 
 def set_up_mesh(config, workdir: Path):
     parallel.maybe_initialize_distributed()
@@ -126,20 +138,20 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
         train_step = setup.compile_train_step()  # the update step, compiled once (omni.run.setup)
         batch_shardings = setup.batch_shardings()
         step_args = setup.step_args_on_devices()
-    flops = model_flops_per_step(config)  # for the global batch
+    sub_batches = [(sub.modalities, sub.rows) for sub in pipeline.mixture_of(config).sub_batches]
+    padded_flops = model_flops_per_step(config, sub_batches)  # every token slot, for the global batch
     # The configured peak, or a quicker measurement than `omni bench` takes (it starts every run),
     # so this MFU may read a few percent high.
     peak = float(config.train.get("peak_flops_per_device", 0.0)) or \
         measure_peak_flops(config.model.dtype, warmup_s=0.5, cpu_measure_s=0.0)
     peak *= jax.device_count()
-    tokens = tokens_per_step(config)
     writer = MetricsWriter(workdir)
     progress = Progress(steps, start)
     batches = pipeline.training_batches(source, config, assets, start_step=start)
     skipped_examples = 0
     bad_steps = BadStepWatch(config, start)
     last = {}
-    window_start, window_steps = time.perf_counter(), 0
+    window_start, window_steps, window_work = time.perf_counter(), 0, None
     try:
         with jax.set_mesh(setup.mesh):
             for step in range(start, steps):
@@ -147,23 +159,23 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                 for problem in problems:
                     log(f"skipped input: {problem}")
                 skipped_examples += len(problems)
-                batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], v)
-                         for k, v in local_batch.items()}
+                batch = jax.tree.map(jax.make_array_from_process_local_data, batch_shardings, local_batch)
                 state, metrics = train_step(state, batch, step_args)
+                window_work = work_so_far(window_work, metrics)
                 bad_steps.check(metrics, checkpoints)
                 window_steps += 1
                 done = step + 1
                 if done % config.train.log_every == 0 or done == steps:
                     # The only host sync of the loop: once per log interval.
-                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    metrics = {k: float(v) for k, v in jax.device_get(metrics).items() if k not in WORK}
+                    work = {k: float(v) / window_steps for k, v in jax.device_get(window_work).items()}
                     elapsed = (time.perf_counter() - window_start) / window_steps
                     last = {**metrics, "lr": float(setup.schedule(step)), "step_time_s": elapsed,
-                            "tokens_per_s": tokens / elapsed, "mfu": flops / elapsed / peak,
-                            "skipped_examples": skipped_examples}
+                            **rates(work, padded_flops, elapsed, peak), "skipped_examples": skipped_examples}
                     writer.write(done, last)
                     progress.update(done, loss=f"{last['loss']:.4f}", rate=f"{1 / elapsed:.2f}",
                                     mfu=f"{last['mfu']:.2f}")
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_steps, window_work = time.perf_counter(), 0, None
                 else:
                     progress.update(done)
                 if done % config.train.checkpoint_every == 0 or done == steps:
@@ -173,7 +185,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                     writer.write(done, results)
                     last.update(results)
                     log(" ".join(f"{k}={v:.3f}" for k, v in results.items() if k.endswith("R@1")))
-                    window_start, window_steps = time.perf_counter(), 0
+                    window_start, window_steps, window_work = time.perf_counter(), 0, None
                 if preemption.reached(done):
                     if checkpoints.latest_step() != done:
                         checkpoints.save(done, state, saved_assets, force=True)
@@ -182,3 +194,21 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
         progress.close()
         writer.close()
     return last
+
+
+WORK = ("real_flops", "real_tokens", "token_slots")  # omni.flops.real_work: summed over a log window
+
+
+def work_so_far(window, metrics):
+    """The window's running sums of the step's work counts, on the device (no host sync)."""
+    step = {k: metrics[k] for k in WORK}
+    return step if window is None else jax.tree.map(lambda a, b: a + b, window, step)
+
+
+def rates(work: dict, padded_flops: float, step_s: float, peak: float) -> dict:
+    """Per-step work (means over the window) -> the logged rates: `mfu` and `tokens_per_s` on
+    present, non-padding tokens; `padded_mfu` counting every slot computed; `token_fill`."""
+    return {"tokens_per_s": work["real_tokens"] / step_s, "mfu": work["real_flops"] / step_s / peak,
+            "padded_mfu": padded_flops / step_s / peak, "token_fill": work["real_tokens"] / work["token_slots"],
+            "model_flops_per_step": work["real_flops"], "real_tokens_per_step": work["real_tokens"],
+            "token_slots_per_step": work["token_slots"]}
