@@ -1,15 +1,12 @@
-"""FLOPs: the model's analytic training FLOPs per step, and the device's measured matmul peak,
-the two halves of MFU (model FLOPs utilisation). Used by the trainer's logs and by `omni bench`."""
+"""FLOPs: the model's analytic training FLOPs per step, the numerator of MFU (model FLOPs
+utilisation; the device's measured peak, the denominator, is omni.peak). Used by the trainer's
+logs and by `omni bench`."""
 from __future__ import annotations
-
-import math
-import time
 
 import jax
 import jax.numpy as jnp
 
 from omni.modalities import registry
-from omni.objectives import as_sub_batches
 
 
 def layer_flops(tokens, width: int, hidden: int):
@@ -72,10 +69,12 @@ class StepWork:
 
     def slot_flops(self, sub_batches) -> float:
         """Training FLOPs of a step that counts every token slot as work: `sub_batches` is
-        [(modalities, rows)] (omni.data.mixture), every slot of every held modality full."""
+        [(modalities, rows)] or [(modalities, rows, {modality: tokens})] for a sub-batch whose
+        modality holds fewer tokens than the config's (a set's own text length), every slot of
+        every held modality full."""
         total = 0.0
-        for modalities, rows in sub_batches:
-            full = {n: self.lengths[n] + 1 for n in modalities}
+        for modalities, rows, *own in sub_batches:
+            full = {n: (own[0] if own else {}).get(n, self.lengths[n]) + 1 for n in modalities}
             total += rows * self.rows_forward(full, dict.fromkeys(modalities, 1))
             for a, b in self.itm_pairs:
                 if a in modalities and b in modalities:
@@ -93,13 +92,13 @@ def model_flops_per_step(config, sub_batches=None) -> float:
 
 
 def real_work(model, batch, config) -> dict:
-    """Inside the step: {"real_flops": training FLOPs on present, non-padding tokens,
+    """Inside the step, on a batch of sub-batches (omni.objectives.as_sub_batches):
+    {"real_flops": training FLOPs on present, non-padding tokens,
     "real_tokens": those tokens (CLS included), "token_slots": the token slots computed}, summed
     over the sub-batches of `batch`. A token is real when its modality is present in the row and
     its stem calls it valid (text: not padding); the stem's tokens themselves are dead code here
     and compile away."""
     work = StepWork(config)
-    batch = as_sub_batches(batch)
     flops = tokens = slots = 0.0
     for sub in batch.values():
         names = [n for n in model.modality_names if f"{n}/present" in sub]
@@ -108,7 +107,7 @@ def real_work(model, batch, config) -> dict:
         for name in names:
             valid = model.stems[name].embed(sub, model.dtype)[1]
             counts[name] = present[name] * (1.0 + jnp.sum(valid, axis=1, dtype=jnp.float32))
-            slots += sub[f"{name}/present"].shape[0] * (work.lengths[name] + 1)
+            slots += valid.shape[0] * (valid.shape[1] + 1)  # this sub-batch's own slots
         flops += jnp.sum(work.rows_forward(counts, present))
         tokens += sum(jnp.sum(c) for c in counts.values())
         for a, b in work.itm_pairs:
@@ -120,40 +119,8 @@ def real_work(model, batch, config) -> dict:
     return {"real_flops": 3.0 * flops, "real_tokens": tokens, "token_slots": jnp.float32(slots)}
 
 
-def measure_peak_flops(dtype: str, size: int | None = None, repeats: int = 10,
-                       warmup_s: float = 2.0, cpu_measure_s: float = 2.0) -> float:
-    """FLOP/s of a large matmul in the compute dtype (bf16 inputs accumulate in f32), best of N.
-
-    The operands are random: constant ones or zeros can run faster on a GPU than real data does.
-    2048^3 saturates a CPU; accelerators need 8192^3 to reach their peak, and such a product takes
-    only milliseconds there, so each timing covers 20 back-to-back calls (one call's dispatch and
-    sync would otherwise count against the peak and flatter the MFU). The products first run for
-    `warmup_s`, because a CPU's first timings in a process run below its later ones, and a CPU
-    keeps timing for `cpu_measure_s`. docs/performance.md says how much the peak varies."""
-    on_cpu = jax.devices()[0].platform == "cpu"
-    size = size or (2048 if on_cpu else 8192)
-    calls = 1 if on_cpu else 20
-    dt = jnp.dtype(dtype)
-    a = jax.random.normal(jax.random.key(1), (size, size), dt)
-    b = jax.random.normal(jax.random.key(2), (size, size), dt)
-    f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
-    f(a, b).block_until_ready()
-    warm_until = time.perf_counter() + warmup_s
-    while time.perf_counter() < warm_until:
-        f(a, b).block_until_ready()
-    best = math.inf
-    timings, measure_until = 0, time.perf_counter() + (cpu_measure_s if on_cpu else 0.0)
-    while timings < repeats or time.perf_counter() < measure_until:
-        timings += 1
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            out = f(a, b)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - t0) / calls)
-    return 2 * size ** 3 / best
-
-
 def token_slots_per_step(config, sub_batches) -> int:
-    """Token slots a step computes, CLS included: [(modalities, rows)] of the mixture."""
-    return sum(rows * sum(registry.get(n).num_tokens(config) + 1 for n in modalities)
-               for modalities, rows in sub_batches)
+    """Token slots a step computes, CLS included: [(modalities, rows[, {modality: tokens}])] of
+    the mixture, as `StepWork.slot_flops` takes them."""
+    return sum(rows * sum((own[0] if own else {}).get(n, registry.get(n).num_tokens(config)) + 1 for n in modalities)
+               for modalities, rows, *own in sub_batches)

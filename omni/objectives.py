@@ -75,10 +75,30 @@ def split_rows(x, sizes: list[int], shards: int) -> list:
 
 
 def modality_inputs(subs: list[dict], name: str, shards: int) -> dict:
-    """One modality's arrays (and presence, and example ids) from every sub-batch in `subs`."""
+    """One modality's arrays (and presence, and example ids) from every sub-batch in `subs`. A
+    sub-batch whose arrays are shorter (its own text length) is padded with zeros to the longest:
+    zero is the text padding id."""
     subs = list(subs)
     keys = [k for k in subs[0] if k.startswith(f"{name}/")] + ["example_id"]
-    return {k: concat_rows([sub[k] for sub in subs], shards) for k in keys}
+
+    def padded(a, like):
+        return jnp.pad(a, [(0, 0)] + [(0, want - have) for have, want in zip(a.shape[1:], like[1:])])
+
+    out = {}
+    for k in keys:
+        longest = tuple(max(dims) for dims in zip(*(sub[k].shape for sub in subs)))
+        out[k] = concat_rows([padded(sub[k], longest) for sub in subs], shards)
+    return out
+
+
+def same_shapes(subs: dict, name: str) -> list[dict]:
+    """`subs` (set name -> sub-batch) grouped by the shapes of `name`'s arrays, so that one pass
+    runs over each group without padding any sub-batch to another's length."""
+    groups: dict[tuple, dict] = {}
+    for set_name, sub in subs.items():
+        shapes = tuple(sub[k].shape[1:] for k in sub if k.startswith(f"{name}/"))
+        groups.setdefault(shapes, {})[set_name] = sub
+    return list(groups.values())
 
 
 def cooccurring_pairs(model, batch) -> list[tuple[str, str]]:
@@ -88,15 +108,15 @@ def cooccurring_pairs(model, batch) -> list[tuple[str, str]]:
 
 def unimodal_embeddings(model, batch) -> dict[str, dict]:
     """name -> {set name: embeddings of that sub-batch's rows}: the unimodal pass of a modality
-    runs once, over the rows of every sub-batch that has it, and on no other row."""
+    runs over the rows of every sub-batch that has it, and on no other row (once per distinct
+    shape: text has a length per set)."""
     shards = batch_shards()
     out = {}
     for name in model.modality_names:
-        subs = holding(batch, name)
-        if subs:
+        for subs in same_shapes(holding(batch, name), name):
             z = model.embed(name, modality_inputs(subs.values(), name, shards))
             sizes = [sub[f"{name}/present"].shape[0] for sub in subs.values()]
-            out[name] = dict(zip(subs, split_rows(z, sizes, shards)))
+            out.setdefault(name, {}).update(zip(subs, split_rows(z, sizes, shards)))
     return out
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from omni.bench import bench
-from omni.bench.plan import mixture_slots
+from omni.data.pipeline import slot_layout
 from omni.flops import model_flops_per_step, token_slots_per_step
 from tests.conftest import REPO, SMALL_ALL, omni_command, small_config
 
@@ -19,7 +19,7 @@ def test_bench_reports_consistent_figures_and_writes_a_profile(tmp_path):
     step = result["step_time_s"]
     assert step > 0 and result["compile_time_s"] > 0 and result["peak_flops_per_s"] > 0
     # a synthetic batch holds the data's modality sets with every token real: real = slots
-    slots = mixture_slots(config)
+    slots = slot_layout(config)
     assert len(slots) == 2 and result["token_fill"] == 1.0
     assert result["padded_flops_per_step"] == model_flops_per_step(config, slots)
     assert result["model_flops_per_step"] == pytest.approx(result["padded_flops_per_step"], rel=1e-6)

@@ -39,7 +39,7 @@ def test_weights_become_rows_in_multiples_by_largest_remainder():
 
 def test_auto_multiple_leaves_eight_shares():
     assert [mixture.rows_multiple(small_config(f"--config.train.batch_size={b}")) for b in (4, 8, 64, 256, 96)] \
-        == [1, 1, 8, 32, 4]
+        == [1, 1, 8, 32, 8]
 
 
 def test_a_set_without_rows_is_reported_not_dropped_silently():

@@ -13,7 +13,9 @@ from tests.conftest import BASE_XLA_FLAGS, REPO, SMALL, omni_command
 from tests.test_parallel import EIGHT, PATIENT, mesh_args
 
 RUN = SMALL + ["--config.train.steps=4", "--config.train.log_every=1", "--config.train.eval_every=0",
-               "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=5"]
+               "--config.train.checkpoint_every=2", "--config.train.keep_checkpoints=5",
+               # each modality set's rows split over 4 batch shards and 2 processes
+               "--config.data.mixture=image+text=4,text=4"]
 
 
 def losses(workdir: Path) -> dict[int, float]:

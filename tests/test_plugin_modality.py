@@ -177,11 +177,56 @@ def test_a_sixth_modality_builds_and_trains_with_text(plugin_env, tmp_path):
     workdir = tmp_path / "run"
     trained = subprocess.run(omni_command("train", "--config", str(root / "imu_config.py"), "--workdir", str(workdir),
                                           f"--config.data.path={data}", "--config.train.steps=6",
-                                          "--config.train.log_every=1", "--config.train.checkpoint_every=6"),
+                                          "--config.train.log_every=1", "--config.train.checkpoint_every=6",
+                                          # IMU alone in a row is what trains mimu: every pair here holds text
+                                          "--config.data.modality_dropout=0.5"),
                              env=env, capture_output=True, text=True, timeout=600)
     assert trained.returncode == 0, trained.stderr[-3000:]
     rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     for key in ("loss/mimu", "loss/mlm", "loss/mmm", "loss/contrastive/imu-text"):
         assert all(np.isfinite(r[key]) for r in rows), key
-    assert rows[-1]["loss/mimu"] > 0 and rows[-1]["loss/contrastive/imu-text"] > 0
+    assert any(r["loss/mimu"] > 0 for r in rows) and rows[-1]["loss/contrastive/imu-text"] > 0
+
+
+ABSENT_COST = textwrap.dedent('''
+    """One text+image step with and without the IMU plugin configured (no IMU in the data):
+    slot FLOPs, XLA's FLOPs and the size of the compiled program."""
+    import json, sys
+    import ml_collections
+    from omni import parallel
+    from omni.bench import synthetic_batch
+    from omni.bench.plan import compiled_flops
+    from omni.data import pipeline
+    from omni.flops import model_flops_per_step
+    from omni.run.setup import build_setup
+    from tests.conftest import small_config
+
+    config = small_config("--config.data.mixture=image+text=4,text=4", "--config.model.scan_layers=false")
+    if sys.argv[1] == "imu":
+        with config.unlocked():
+            config.modalities.imu = ml_collections.ConfigDict(dict(steps=32, patch=8))
+            config.loss.mimu = ml_collections.ConfigDict(dict(weight=1.0, mask_ratio=0.5))
+    setup = build_setup(config, parallel.make_mesh((1, 1, 1)))
+    lowered = setup.compile_train_step().lower(setup.abstract_state, synthetic_batch(config, setup), setup.step_args)
+    compiled = lowered.compile()
+    print(json.dumps({"slot_flops": model_flops_per_step(config, pipeline.slot_layout(config)),
+                      "xla_flops": compiled_flops(compiled), "program": len(compiled.as_text())}))
+''')
+
+
+def test_an_absent_sixth_modality_costs_a_text_image_step_nothing(plugin_env):
+    """Configured but absent from every example, IMU adds no sub-batch and no pass: the step's
+    FLOPs are the same, and its compiled program is within 5% (IMU's parameters still get their
+    optimizer update)."""
+    _, env = plugin_env
+    results = {}
+    for variant in ("plain", "imu"):
+        out = subprocess.run([sys.executable, "-c", ABSENT_COST, variant], env=env, capture_output=True, text=True,
+                             timeout=600, cwd=REPO)
+        assert out.returncode == 0, out.stderr[-3000:]
+        results[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    plain, imu = results["plain"], results["imu"]
+    assert imu["slot_flops"] == plain["slot_flops"]
+    assert abs(imu["xla_flops"] / plain["xla_flops"] - 1) <= 0.05, results
+    assert abs(imu["program"] / plain["program"] - 1) <= 0.05, results

@@ -117,6 +117,7 @@ def test_fit_dir_writes_fits_plots_and_interactions(tmp_path):
 
 
 def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
+    from omni import config as config_lib
     from omni.data import pipeline
     from omni.flops import model_flops_per_step
     from omni.scaling.measure import last_training_row
@@ -149,15 +150,18 @@ def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
     assert result["N_total"] - result["N"] == width * (vocab + max_len + 2 * grid)
     config = scaling.build_run_config("tiny.py", result["overrides"])
     # D in present, non-padding tokens (what training logged), the slots of the sub-batches beside it
-    rows = {sub.modalities: sub.rows for sub in pipeline.mixture_of(config).sub_batches}
-    image_rows = sum(r for held, r in rows.items() if "image" in held)
-    assert result["D_slots"] == 3 * (8 * max_len + image_rows * grid * grid)
+    trained = config_lib.from_json_file(out / "runs" / "d1" / "config.json")  # text lengths per set
+    layout = pipeline.slot_layout(trained)
+    image_rows = sum(rows for held, rows, _ in layout if "image" in held)
+    text_slots = sum(rows * own["text"] for _, rows, own in layout)
+    assert text_slots < 8 * max_len  # captions shorter than the longest text
+    assert result["D_slots"] == 3 * (text_slots + image_rows * grid * grid)
     logged = last_training_row(out / "runs" / "d1")
     assert result["D"] == pytest.approx(3 * logged["real_tokens_per_step"])
     assert 0 < result["D"] < result["D_slots"] + 3 * (8 + image_rows)  # CLS tokens count as real
     assert result["C_6ND"] == pytest.approx(6 * result["N"] * result["D"])
     assert result["C_analytic"] == pytest.approx(logged["model_flops_per_step"] * 3)
-    assert result["C_analytic"] < model_flops_per_step(config, list(rows.items())) * 3
+    assert result["C_analytic"] < model_flops_per_step(config, layout) * 3
     assert result["C_xla"] > 0 and result["C_hlo_unrolled"] > 0
     assert math.isfinite(result["loss"]) and result["loss_source"].startswith("held-out")
     assert {"loss/mmm", "loss/contrastive"} <= set(result["losses"])

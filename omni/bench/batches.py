@@ -13,17 +13,22 @@ from omni.data.records import open_split
 from omni.run.assets import load_or_fit_assets
 
 
-
-def real_batch(config, setup):
-    """One batch of the configured data (the embedded default set unless data.path is given),
-    encoded with the assets training would use: the BPE tokenizer and every modality's fitted
-    asset (e.g. the smell SVD basis), fitted here exactly as a run fits them, in a scratch workdir."""
+def real_data(config):
+    """The configured data (the embedded default set unless data.path is given) and the assets
+    training would use: the BPE tokenizer and every modality's fitted asset (e.g. the smell SVD
+    basis), fitted here exactly as a run fits them, in a scratch workdir; and the config with its
+    mixture and text lengths resolved on them, as a run resolves them."""
     source = open_split(pipeline.resolve_data_dir(config), "train")
+    config, _ = pipeline.with_resolved_mixture(config, source)
     with tempfile.TemporaryDirectory(prefix="omni-bench-") as workdir:
         assets, _ = load_or_fit_assets(config, Path(workdir), None, source)
+    return pipeline.with_text_lengths(config, source, assets), source, assets
+
+
+def real_batch(config, setup, source, assets):
+    """The first training batch of the data, on the setup's devices."""
     local, _ = next(pipeline.training_batches(source, config, assets))
-    batch = jax.tree.map(jax.make_array_from_process_local_data, setup.batch_shardings(), local)
-    return batch, source, assets
+    return jax.tree.map(jax.make_array_from_process_local_data, setup.batch_shardings(), local)
 
 
 def synthetic_batch(config, setup):

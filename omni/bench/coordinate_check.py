@@ -31,10 +31,11 @@ def coordinate_check(widths, parametrization: str, steps: int = 3, lr: float = 1
         setup = build_setup(config, mesh)
         state = setup.init_state()
         batch = synthetic_batch(config, setup)
+        text_rows = next(sub for sub in batch.values() if "text/ids" in sub)  # a sub-batch with text
 
         def hidden(params):
             model = nnx.merge(setup.graphdef, params)
-            tokens, valid = model.stems["text"].embed(batch, jnp.float32)
+            tokens, valid = model.stems["text"].embed(text_rows, jnp.float32)
             x, valid = model.sequence("text", tokens, valid, jnp.ones(tokens.shape[0], bool))
             return model.encoder(x, valid)
 

@@ -22,11 +22,6 @@ def _abstract_batch(setup):
             for sub, arrays in setup.batch_spec().items()}
 
 
-def mixture_slots(config) -> list[tuple[tuple[str, ...], int]]:
-    """[(modalities, rows)] of the configured mixture: what the step's slot count is over."""
-    return [(sub.modalities, sub.rows) for sub in pipeline.mixture_of(config).sub_batches]
-
-
 def _bytes_per_device(tree) -> int:
     """Bytes one device holds of a tree of ShapeDtypeStructs with shardings."""
     total = 0
@@ -65,7 +60,7 @@ def plan(config) -> dict:
         "total_bytes_per_device": arguments + outputs - aliased + temp,
         # every token slot of the mixture's sub-batches counted as work (real tokens need a batch:
         # `omni bench` reports both)
-        "model_flops_per_step": model_flops_per_step(config, mixture_slots(config)),
+        "model_flops_per_step": model_flops_per_step(config, pipeline.slot_layout(config)),
         "compiled_flops_per_step_per_device": compiled_flops(compiled),
         # XLA's cost analysis counts a while-loop body once: with scan_layers the compiled figure
         # covers one layer of the stack; plan with --config.model.scan_layers=false to compare.

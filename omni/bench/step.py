@@ -8,23 +8,23 @@ import time
 
 import jax
 
-from omni.bench.batches import real_batch, synthetic_batch
-from omni.bench.plan import compiled_flops, mixture_slots
+from omni.bench.batches import real_batch, real_data, synthetic_batch
+from omni.bench.plan import compiled_flops
 from omni.bench.setup import mesh_and_setup
 from omni.data import pipeline
-from omni.flops import measure_peak_flops, model_flops_per_step
+from omni.flops import model_flops_per_step
+from omni.peak import measure_peak_flops
 
 
 def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, synthetic: bool = False,
           profile_dir: str | None = None) -> dict:
     """Time `steps` train steps after `warmup`; peak FLOP/s from a matmul in this same process.
     With profile_dir, 2 more steps run under jax.profiler (after the timing, which it would skew)."""
+    if not synthetic:
+        config, source, assets = real_data(config)
     mesh, setup = mesh_and_setup(config)
     state = setup.init_state()
-    if synthetic:
-        batch = synthetic_batch(config, setup)
-    else:
-        batch, source, assets = real_batch(config, setup)
+    batch = synthetic_batch(config, setup) if synthetic else real_batch(config, setup, source, assets)
     with jax.set_mesh(mesh):
         started = time.perf_counter()
         step_fn = setup.compile_train_step()
@@ -44,13 +44,14 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
                     state, metrics = compiled(state, batch, setup.step_args)
                 jax.block_until_ready(state)
     peak = measure_peak_flops(config.model.dtype)
-    padded = model_flops_per_step(config, mixture_slots(config))
+    padded = model_flops_per_step(config, pipeline.slot_layout(config))
     work = {k: float(metrics[k]) for k in ("real_flops", "real_tokens", "token_slots")}
     total_peak = peak * jax.device_count()
     result = {
         "config": config.name, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "dtype": config.model.dtype, "batch_size": int(config.train.batch_size),
         "mixture": config.data.mixture or pipeline.mixture_of(config).spec(),
+        "text_lengths": str(config.data.get("text_lengths", "") or ""),
         "step_time_s": step_s, "compile_time_s": compile_s,
         # FLOPs, MFU and tokens/s count present, non-padding tokens; padded_mfu counts every slot
         "model_flops_per_step": work["real_flops"], "padded_flops_per_step": padded,

@@ -139,6 +139,33 @@ def resolve(config, set_counts: dict | None = None) -> Mixture:
     return Mixture(sub_batches, unused)
 
 
+def text_lengths(config, resolved: Mixture) -> dict[tuple[str, ...], int]:
+    """Text tokens per row of each sub-batch that holds text: `data.text_lengths` ("image+text=20,
+    text=24"; omni.data.pipeline.with_text_lengths fills it from the data), modalities.text.max_len
+    for a set it does not name. A caption set's own length saves the padding of the longest text
+    every other set would pay for (the default data's audio captions hold 7 tokens on average,
+    its prose 35)."""
+    if "text" not in config.modalities:
+        return {}
+    longest = int(config.modalities.text.max_len)
+    given = str(config.data.get("text_lengths", "") or "")
+    named = parse(given, list(config.modalities.keys())) if given not in ("", "auto") else {}
+    for modalities, length in named.items():
+        if not float(length).is_integer() or not 1 <= length <= longest:
+            raise ConfigError(f"data.text_lengths: {set_name(modalities)}={length:g} must be a whole number "
+                              f"from 1 to modalities.text.max_len={longest}")
+    return {s.modalities: int(named.get(s.modalities, longest)) for s in resolved.sub_batches if "text" in s.modalities}
+
+
+def sub_batch_config(config, sub: SubBatch, lengths: dict):
+    """The config a sub-batch's rows are encoded and shaped with: its own text length."""
+    if sub.modalities not in lengths or lengths[sub.modalities] == int(config.modalities.text.max_len):
+        return config
+    config = config.copy_and_resolve_references()
+    config.modalities.text.max_len = lengths[sub.modalities]
+    return config
+
+
 def check_divides(mixture: Mixture, shards: int, processes: int) -> None:
     """Every sub-batch must split evenly over the batch shards and the processes."""
     for s in mixture.sub_batches:

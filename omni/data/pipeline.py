@@ -102,6 +102,15 @@ def mixture_of(config, source=None) -> mixture.Mixture:
     return mixture.resolve(config, mixture.set_counts(mixture.record_sets(source, configured), configured))
 
 
+def slot_layout(config, resolved=None) -> list[tuple[tuple[str, ...], int, dict]]:
+    """[(modalities, rows, {"text": its length})] of the configured mixture: the token slots a
+    step computes (omni.flops.StepWork.slot_flops, token_slots_per_step)."""
+    resolved = resolved or mixture_of(config)
+    lengths = mixture.text_lengths(config, resolved)
+    return [(sub.modalities, sub.rows, {"text": lengths[sub.modalities]} if sub.modalities in lengths else {})
+            for sub in resolved.sub_batches]
+
+
 def with_resolved_mixture(config, source=None):
     """The config with data.mixture written out as rows per set, so that config.json, a resumed
     run and every process use the same sub-batches even if the data's proportions change."""
@@ -111,6 +120,29 @@ def with_resolved_mixture(config, source=None):
     return config, resolved
 
 
+def with_text_lengths(config, source, assets, sample: int = 1000, coverage: float = 99.0):
+    """With data.text_lengths empty or "auto": the config with each sub-batch's text length
+    measured on the data, the token count that covers `coverage`% of a sample of up to `sample`
+    of its set's texts (evenly spaced: the same every time), rounded up to a multiple of 4 and at
+    most modalities.text.max_len. Needs the run's tokenizer (assets)."""
+    if "text" not in config.modalities or str(config.data.get("text_lengths", "") or "auto") != "auto":
+        return config
+    configured = list(config.modalities.keys())
+    masks = mixture.record_sets(source, configured)
+    longest, lengths = int(config.modalities.text.max_len), []
+    for sub in mixture_of(config, source).sub_batches:
+        if "text" not in sub.modalities:
+            continue
+        indices = np.flatnonzero(masks == mixture.mask_of(sub.modalities, configured))
+        picked = indices[np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(int)] if len(indices) else []
+        counts = [len(assets["tokenizer"].encode(source[int(i)]["text"])) for i in picked]
+        needed = int(np.ceil(np.percentile(counts, coverage))) if counts else longest
+        lengths.append(f"{sub.name}={min(longest, max(4, -(-needed // 4) * 4))}")
+    config = config.copy_and_resolve_references()
+    config.data.text_lengths = ",".join(lengths)
+    return config
+
+
 def training_batches(source, config, assets, start_step: int = 0):
     """Iterator over (local numpy batch {set: arrays}, problems) for steps start_step .. train.steps-1."""
     processes, process = jax.process_count(), jax.process_index()
@@ -118,6 +150,7 @@ def training_batches(source, config, assets, start_step: int = 0):
     masks = mixture.record_sets(source, configured)
     resolved = mixture.resolve(config, mixture.set_counts(masks, configured))
     mixture.check_divides(resolved, 1, processes)
+    lengths = mixture.text_lengths(config, resolved)
     group_size = int(config.data.get("group_size", 0))
     groups = source.groups() if group_size > 1 else None
     plans = []
@@ -129,7 +162,9 @@ def training_batches(source, config, assets, start_step: int = 0):
                             f"{source.path} holds no record of that set (it holds: {held})")
         stream = mixture.stream_of(sub.modalities)
         order = SubsetOrder(indices, int(config.train.seed), stream, groups, group_size)
-        plans.append((sub, stream, order, ExampleEncoder(config, assets, train=True, modalities=sub.modalities)))
+        encoder = ExampleEncoder(mixture.sub_batch_config(config, sub, lengths), assets, train=True,
+                                 modalities=sub.modalities)
+        plans.append((sub, stream, order, encoder))
 
     def make_batch(step: int):
         batch, problems = {}, []

@@ -130,11 +130,13 @@ def batch_spec(config, resolved=None) -> dict[str, dict[str, tuple[tuple, np.dty
     set name -> key -> (shape, dtype). Each holds only its own modalities' arrays and presence
     bits, and `example_id` (omni.data.pipeline). `resolved`: the mixture, when already known."""
     resolved = resolved or pipeline.mixture_of(config)
+    lengths = mixture.text_lengths(config, resolved)
     spec = {}
     for sub in resolved.sub_batches:
         arrays = {}
+        shaped = mixture.sub_batch_config(config, sub, lengths)  # its own text length
         for name in sub.modalities:
-            for key, (shape, dtype) in registry.get(name).array_spec(config).items():
+            for key, (shape, dtype) in registry.get(name).array_spec(shaped).items():
                 arrays[key] = ((sub.rows, *shape), dtype)
             arrays[f"{name}/present"] = ((sub.rows,), np.bool_)
         arrays["example_id"] = ((sub.rows,), np.uint32)
@@ -283,6 +285,7 @@ def make_train_step(config, graphdef, lr_multipliers):
     def train_step(state, batch, args):
         tx = make_optimizer(config, lr_multipliers, args)
         rng = jax.random.fold_in(jax.random.key(args["seed"]), state["step"])
+        batch = objectives.as_sub_batches(batch)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 from jax.experimental.compilation_cache import compilation_cache as cc
 
-from omni import parallel
+from omni import config as config_lib, parallel
 from omni.data import pipeline
 from omni.flops import model_flops_per_step
 from omni.modalities import registry
@@ -105,10 +105,12 @@ def run_one(name: str, overrides: list[str], base: str, run_dir: Path, sweep, sh
             os.replace(partial, shared_tokenizer)
 
     steps, batch = int(config.train.steps), int(config.train.batch_size)
-    sub_batches = [(sub.modalities, sub.rows) for sub in setup.mixture.sub_batches]
+    trained = config_lib.from_json_file(run_dir / "config.json")  # as resolved by the run
+    sub_batches = pipeline.slot_layout(trained)
     # slots per modality: its tokens in every row of the sub-batches that hold it
-    tokens_per_modality = {m: sum(rows for held, rows in sub_batches if m in held) *
-                           int(registry.get(m).num_tokens(config)) * steps for m in config.modalities}
+    tokens_per_modality = {m: sum(rows * own.get(m, int(registry.get(m).num_tokens(config)))
+                                  for held, rows, own in sub_batches if m in held) * steps
+                           for m in config.modalities}
     padded_flops_per_step = model_flops_per_step(config, sub_batches)
     # The last training row of metrics.jsonl (train() returns nothing new when it resumes a run
     # that had already finished training). An objective that had nothing to score reports

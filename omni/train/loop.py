@@ -19,8 +19,9 @@ from omni.checkpoint import Checkpoints
 from omni.data import pipeline
 from omni.data.records import open_split, split_names
 from omni.errors import Preempted
-from omni.flops import measure_peak_flops, model_flops_per_step
+from omni.flops import model_flops_per_step
 from omni.model import count_params
+from omni.peak import measure_peak_flops
 from omni.run.assets import load_or_fit_assets, log
 from omni.run.bundle import load_bundle_params
 from omni.run.setup import build_setup
@@ -50,6 +51,7 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
         config = set_up_mixture(config)
         mesh = set_up_mesh(config, workdir)
         data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
+        config = set_up_text_lengths(config, workdir, source, assets)
         try:
             setup, state, start = set_up_state(config, mesh, checkpoints)
             if evaluator is not None and config.train.eval_every > 0 and config.eval.split in split_names(data_dir):
@@ -83,14 +85,18 @@ def set_up_mesh(config, workdir: Path):
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
     check_resume_compatible(config, workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    write_config(config, workdir)
+    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
+        f"{jax.process_count()} process(es); workdir {workdir}")
+    return mesh
+
+
+def write_config(config, workdir: Path) -> None:
     if jax.process_index() == 0:
         # Written whole and renamed: the other processes read it at the same time (resume check).
         tmp = workdir / f"config.json.tmp-{os.getpid()}"
         tmp.write_text(config_lib.to_json(config))
         os.replace(tmp, workdir / "config.json")
-    log(f"mesh {dict(mesh.shape)} on {jax.device_count()} {jax.devices()[0].platform} device(s), "
-        f"{jax.process_count()} process(es); workdir {workdir}")
-    return mesh
 
 
 # ==============================================================================================
@@ -103,6 +109,16 @@ def set_up_input(config, workdir: Path):
     checkpoints = Checkpoints(workdir / "checkpoints", keep=int(config.train.keep_checkpoints))
     assets, saved_assets = load_or_fit_assets(config, workdir, checkpoints, source)
     return data_dir, source, checkpoints, assets, saved_assets
+
+
+def set_up_text_lengths(config, workdir: Path, source, assets):
+    """Each sub-batch's own text length, measured with the run's tokenizer when data.text_lengths
+    is empty or auto (omni.data.pipeline.with_text_lengths), and written to config.json."""
+    resolved = pipeline.with_text_lengths(config, source, assets)
+    if resolved is not config:
+        log(f"text tokens per sub-batch: {resolved.data.text_lengths}")
+        write_config(resolved, workdir)
+    return resolved
 
 
 # ==============================================================================================
@@ -138,8 +154,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
         train_step = setup.compile_train_step()  # the update step, compiled once (omni.run.setup)
         batch_shardings = setup.batch_shardings()
         step_args = setup.step_args_on_devices()
-    sub_batches = [(sub.modalities, sub.rows) for sub in pipeline.mixture_of(config).sub_batches]
-    padded_flops = model_flops_per_step(config, sub_batches)  # every token slot, for the global batch
+    padded_flops = model_flops_per_step(config, pipeline.slot_layout(config, setup.mixture))  # every token slot, for the global batch
     # The configured peak, or a quicker measurement than `omni bench` takes (it starts every run),
     # so this MFU may read a few percent high.
     peak = float(config.train.get("peak_flops_per_device", 0.0)) or \
