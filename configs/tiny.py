@@ -42,6 +42,11 @@ def get_config():
         position_init="normal", position_std=0.02,
         parametrization="sp",  # sp (standard) | mup (maximal update: LR transfers across widths)
         mup_base_width=128,    # under mup, the width at which it equals sp
+        # MAE's visible-only encoder (He et al. 2022; omni/mae.py) for images and video: the fused
+        # pass sees only their visible patches, and a light decoder (decoder_depth layers of
+        # decoder_width, 0 = the model width; 64 = half of tiny's) reconstructs the masked ones
+        # from mask tokens. Off: masked patches become a mask token in the encoder (FLAVA/BEiT).
+        mae=False, decoder_depth=1, decoder_width=64,
     ))
     c.modalities = ml_collections.ConfigDict(dict(
         text=ml_collections.ConfigDict(dict(max_len=24, vocab_size=1024)),

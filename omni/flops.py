@@ -6,6 +6,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from omni import mae
 from omni.modalities import registry
 
 
@@ -26,7 +27,9 @@ class StepWork:
     on); plus each modality's stem (in every pass) and reconstruction head (`stem_flops`: e.g. the
     image patch projection and pixel head, the text output layer), and the contrastive
     projections. With matching (loss.itm), three fused passes per trained pair on loss.itm.rows of
-    the rows that hold both (omni.matching).
+    the rows that hold both (omni.matching). Under model.mae (omni.mae), image and video enter the
+    fused pass with their visible patches only, and their decoders are counted instead of their
+    stems' heads.
     """
 
     def __init__(self, config):
@@ -40,9 +43,36 @@ class StepWork:
         self.masked = any(name not in ("contrastive", "itm") for name in weights)
         self.itm_pairs = registry.itm_pairs(config, list(config.modalities.keys())) if "itm" in weights else []
         self.itm_rows = int(config.loss.get("itm", {}).get("rows", 0))
+        # MAE (omni.mae): these modalities enter the fused pass with their visible patches only,
+        # and a decoder of their own reconstructs every patch
+        self.visible = {n: mae.visible_count(config, n) for n in mae.mae_modalities(config)}
+        width, depth, _ = mae.decoder_dims(config)
+        self.decoder_width, self.decoder_depth = float(width), float(depth)
+        self.mlp_ratio = m.mlp_ratio
 
     def transformer(self, tokens):
         return self.depth * layer_flops(tokens, self.width, self.hidden)
+
+    def fused_tokens(self, name, tokens, present):
+        """A modality's tokens in the fused pass: all its `tokens` (CLS included), or under MAE
+        its CLS and the visible share of its patches."""
+        if name not in self.visible:
+            return tokens
+        return present + (tokens - present) * self.visible[name] / self.lengths[name]
+
+    def masked_stem(self, name, patches):
+        """Forward FLOPs of a modality's stem and reconstruction in the fused pass, over `patches`
+        of its tokens (CLS not included): the stem's embedding and head; under MAE the embedding
+        of the visible share, and the decoder (projection in, layers and head over every patch)."""
+        embed, head = self.stems[name]
+        share = patches / max(self.lengths[name], 1)  # of the stem's slots
+        if name not in self.visible:
+            return share * (embed + head)
+        visible_share = self.visible[name] / self.lengths[name]
+        width, depth = self.decoder_width, self.decoder_depth
+        return (share * visible_share * embed + 2 * patches * visible_share * self.width * width
+                + depth * layer_flops(patches, width, width * self.mlp_ratio)
+                + share * head * width / self.width)  # the stem's head, at the decoder's width
 
     def rows_forward(self, tokens: dict, present: dict):
         """Forward FLOPs of each row of one sub-batch: tokens[name] = its tokens in each row, CLS
@@ -50,15 +80,15 @@ class StepWork:
         names = list(tokens)
         forward = 0.0
         for name in names:
-            embed, head = self.stems[name]
+            embed = self.stems[name][0]
             share = (tokens[name] - present[name]) / max(self.lengths[name], 1)  # of the stem's slots
             if self.unimodal:
                 forward += self.transformer(tokens[name]) + present[name] * 2 * self.width * self.embed_dim
                 forward += share * embed
             if self.masked:
-                forward += share * (embed + head)
+                forward += self.masked_stem(name, tokens[name] - present[name])
         if self.masked:
-            forward += self.transformer(sum(tokens[n] for n in names))
+            forward += self.transformer(sum(self.fused_tokens(n, tokens[n], present[n]) for n in names))
         return forward
 
     def matched_forward(self, tokens_a, tokens_b, share_a, share_b, a, b):

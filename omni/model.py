@@ -22,7 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from omni import mup
+from omni import mae, mup
 from omni.modalities import registry
 from omni.nn import Dense, LayerNorm, layer_norm, matmul, param, transposed
 from omni.parallel import constrain, logical_to_spec, multi_device_mesh
@@ -306,6 +306,12 @@ class Omni(nnx.Module):
         if "itm" in registry.active_objectives(config):
             # The matching head (omni.matching): fused [a, b] pass, CLS of a -> "belong together" logit.
             self.itm_head = Dense(rngs, width, 1, names=("embed", "logit"), scale=mup.readout_init_scale(config, width))
+        if mae.mae_modalities(config):
+            # MAE (omni.mae): a light decoder per image-like modality, its layers the encoder's kind
+            # at the decoder's width. Built last, so the other parameters start as they do without.
+            self.decoders = nnx.Dict({
+                n: mae.Decoder(config, rngs, self.stems[n], Transformer(mae.decoder_config(config), rngs))
+                for n in mae.mae_modalities(config)})
 
     def sequence(self, name, tokens, valid, present):
         """Prepend CLS, add the modality-type embedding; valid = token valid AND modality present."""

@@ -152,11 +152,33 @@ def row_keys(rng, sub: dict, modality_index: int):
     return jax.vmap(lambda i: jax.random.fold_in(jax.random.fold_in(rng, i), modality_index))(sub["example_id"])
 
 
+def masked_block(model, name, sub, keys, present):
+    """One modality's masked input to the fused pass, and how its output is scored -> (block,
+    score, weight): `score(hidden)` gives the loss per position [B, N], `weight` [B, N] is 1 at
+    the masked positions of valid tokens in present rows.
+
+    The mask-token way (every stem; FLAVA/BEiT): masked tokens enter as the stem's mask token,
+    and the stem's head scores the encoder's states. The MAE way (image and video under
+    model.mae, omni.mae): only the visible patches enter, and the modality's decoder scores all
+    N patches from the encoder's states of the visible ones."""
+    decoders = getattr(model, "decoders", {})
+    if name in decoders:
+        patches = model.stems[name].visible_embed(sub, keys, model.dtype)
+        block = model.sequence(name, patches.tokens, patches.valid, present)
+        weight = patches.picked * patches.patch_valid * present[:, None]
+        return block, lambda h: decoders[name].reconstruction_loss(h, patches, present, model.dtype), weight
+    tokens, valid, target, picked = model.stems[name].masked_embed(sub, keys, model.dtype)
+    weight = picked * valid * present[:, None]
+    return (model.sequence(name, tokens, valid, present),
+            lambda h: model.stems[name].reconstruction_loss(h, target, model.dtype), weight)
+
+
 def masked_losses(model, batch, rng, config):
     """One fused pass per sub-batch, over masked inputs of that sub-batch's modalities only ->
     {objective: loss} for each masked objective and mmm. An example whose present modalities are
     one scores that modality's objective, one with two or more scores mmm; each objective is
-    the mean over all its masked positions in the whole batch."""
+    the mean over all its masked positions in the whole batch. Under model.mae the image and
+    video blocks hold their visible patches only (`masked_block`)."""
     names = model.modality_names
     sums = {obj: 0.0 for obj in [registry.get(n).objective for n in names] + ["mmm"]}
     counts = dict.fromkeys(sums, 0.0)
@@ -164,16 +186,15 @@ def masked_losses(model, batch, rng, config):
         held = [n for n in names if f"{n}/present" in sub]
         present = {n: sub[f"{n}/present"] for n in held}
         multimodal = sum(p.astype(jnp.int32) for p in present.values()) >= 2
-        blocks, targets = {}, {}
+        blocks, scores = {}, {}
         for name in held:
             keys = row_keys(rng, sub, names.index(name))
-            tokens, valid, target, picked = model.stems[name].masked_embed(sub, keys, model.dtype)
-            blocks[name] = model.sequence(name, tokens, valid, present[name])
-            targets[name] = (target, picked * valid * present[name][:, None])
+            block, score, weight = masked_block(model, name, sub, keys, present[name])
+            blocks[name], scores[name] = block, (score, weight)
         hidden = model.fused(blocks)
         for name in held:
-            target, weight = targets[name]
-            per_position = model.stems[name].reconstruction_loss(hidden[name], target, model.dtype)
+            score, weight = scores[name]
+            per_position = score(hidden[name])
             for objective, w in ((registry.get(name).objective, weight * (~multimodal)[:, None]),
                                  ("mmm", weight * multimodal[:, None])):
                 sums[objective] = sums[objective] + jnp.sum(jnp.where(w > 0, per_position * w, 0.0))

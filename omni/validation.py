@@ -3,6 +3,7 @@ anything compiles: every check fails with one line that names the key and what i
 from __future__ import annotations
 
 from omni import config as config_lib
+from omni import mae
 from omni.errors import ConfigError
 from omni.modalities import registry
 
@@ -55,6 +56,7 @@ def validate(config, num_devices: int) -> None:
     if config.model.attention not in ("einsum", "blocked", "xla", "cudnn", "fused"):
         raise ConfigError(f"model.attention='{config.model.attention}': "
                           "use einsum, blocked, xla, cudnn or fused")
+    validate_mae(config)
     if config.data.on_error not in ("skip", "raise"):
         raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
     group_size = config.data.get("group_size", 0)
@@ -67,3 +69,22 @@ def validate(config, num_devices: int) -> None:
                           f"train.batch_size={batch} (rows per modality set come in multiples of it)")
     if config.train.steps < 1:
         raise ConfigError(f"train.steps={config.train.steps} must be at least 1")
+
+
+def validate_mae(config) -> None:
+    """model.mae and its decoder (omni.mae): checked only when it is on, as only then are they used."""
+    m = config.model
+    if not isinstance(m.get("mae", False), bool):
+        raise ConfigError(f"model.mae={m.mae!r}: use true or false")
+    if not m.get("mae", False):
+        return
+    depth, width = m.get("decoder_depth", 1), m.get("decoder_width", 0)
+    if not isinstance(depth, int) or depth < 1:
+        raise ConfigError(f"model.decoder_depth={depth!r}: use a whole number >= 1 (the MAE decoder's layers)")
+    if not isinstance(width, int) or width < 0:
+        raise ConfigError(f"model.decoder_width={width!r}: use a whole number >= 0 (0 = model.width)")
+    for name in mae.mae_modalities(config):
+        if mae.visible_count(config, name) < 1:
+            objective = registry.get(name).objective
+            raise ConfigError(f"loss.{objective}.mask_ratio={config.loss[objective].mask_ratio} masks every "
+                              f"{name} patch: under model.mae the encoder would see none")

@@ -1,11 +1,15 @@
 """Images: decoded and resized/padded to the config's square resolution on the host, cut into ViT
 patches (einops) with 2-D (row + column) position embeddings in the model, and masked image
 modelling in the MAE style (a fixed ratio of patches masked, per-patch normalised pixel targets,
-loss on masked patches only)."""
+loss on masked patches only). The masked patches reach the encoder in one of two ways: as a learned
+mask token (`masked_embed`, FLAVA/BEiT, the default) or not at all (`visible_embed`: MAE's
+visible-only encoder, with the decoder of omni/mae.py; `model.mae`)."""
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from einops import rearrange
@@ -18,6 +22,17 @@ from omni.modalities.positions import position_params
 from omni.nn import Dense
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.25  # inputs are scaled to roughly unit variance before the stem
+
+
+class VisiblePatches(NamedTuple):
+    """What `ImageStem.visible_embed` gives MAE's encoder and decoder, per row of the batch
+    (keep = num patches - round(mask_ratio * num patches), static)."""
+    tokens: jax.Array       # [B, keep, D] the visible patches' tokens, their positions added
+    valid: jax.Array        # [B, keep] bool: those tokens are valid (their frame is present)
+    order: jax.Array        # [B, N] int: patch indices, the keep visible ones first, then the masked
+    target: jax.Array       # [B, N, P] every patch's normalised pixels
+    picked: jax.Array       # [B, N] float: 1 at the masked patches (the ones scored)
+    patch_valid: jax.Array  # [B, N] bool: every patch's validity
 
 
 def patchify(images, patch: int):
@@ -97,15 +112,46 @@ class ImageStem(ReconstructingStem):
         tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype) + self._positions()[None]
         return tokens, self._valid(inputs)
 
+    def _mask(self, rng, batch: int, num: int):
+        """bool [batch, num], True at the round(mask_ratio * num) masked patches of every row (a
+        static count). One place for both ways of masking, so they mask the same patches."""
+        return random_token_mask(rng, batch, num, int(round(self.mask_ratio * num)))
+
     def masked_embed(self, inputs, rng, dtype):
         """Mask exactly round(mask_ratio * num_patches) patches per example (static count)."""
         patches = self._patches(inputs)
         batch, num = patches.shape[:2]
-        masked = random_token_mask(rng, batch, num, int(round(self.mask_ratio * num)))
+        masked = self._mask(rng, batch, num)
         tokens = self.proj((patches - PIXEL_MEAN) / PIXEL_STD, dtype)
         tokens = jnp.where(masked[..., None], self.mask_token[...], tokens) + self._positions()[None]
         target = normalized_patch_targets(patches)
         return tokens, self._valid(inputs), target, masked.astype(jnp.float32)
+
+    def visible_embed(self, inputs, rng, dtype) -> VisiblePatches:
+        """MAE's encoder input (He et al. 2022): the tokens of the visible patches only, the same
+        patches that `masked_embed` leaves unmasked for the same keys. The masked patches' pixels
+        never enter (they are dropped before the projection), so the encoder cannot depend on them
+        and pays for the visible share alone (a quarter at mask_ratio 0.75); the decoder
+        (omni.mae) puts the patches back in place with `order`."""
+        patches = self._patches(inputs)
+        batch, num = patches.shape[:2]
+        masked = self._mask(rng, batch, num)
+        keep = num - int(round(self.mask_ratio * num))
+        order = jnp.argsort(masked, axis=1, stable=True)  # visible first (False < True), each in patch order
+        visible = order[:, :keep]
+        shown = jnp.take_along_axis(patches, visible[..., None], axis=1)
+        tokens = self.proj((shown - PIXEL_MEAN) / PIXEL_STD, dtype) + self._positions()[visible]
+        patch_valid = self._valid(inputs)
+        return VisiblePatches(tokens=tokens, valid=jnp.take_along_axis(patch_valid, visible, axis=1),
+                              order=order, target=normalized_patch_targets(patches),
+                              picked=masked.astype(jnp.float32), patch_valid=patch_valid)
+
+    def patch_axes(self) -> tuple[int, ...]:
+        """The axes of the patch order, outermost first: (rows, columns) of an image, and frames
+        before those when the stem has a time table (video). The MAE decoder's position tables
+        follow them."""
+        time = getattr(self, "time", None)
+        return ((time.shape[0],) if time is not None else ()) + (self.rows.shape[0], self.cols.shape[0])
 
 
 class ImageModality(Modality):
