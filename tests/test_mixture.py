@@ -37,6 +37,22 @@ def test_weights_become_rows_in_multiples_by_largest_remainder():
     assert rows == {PAIR: 40, TEXT: 24}
 
 
+def test_text_lengths_are_measured_per_set_on_the_data(data):
+    config, source, assets = data
+    config = config.copy_and_resolve_references()
+    config.modalities.text.max_len = 64
+    lengths = mixture.text_lengths(pipeline.with_text_lengths(config, source, assets), mixture.resolve(config))
+    configured = list(config.modalities.keys())
+    masks = mixture.record_sets(source, configured)
+    for held, length in lengths.items():
+        indices = np.flatnonzero(masks == mixture.mask_of(held, configured))[:300]
+        counts = np.array([len(assets["tokenizer"].encode(source[int(i)]["text"])) for i in indices])
+        assert length % 2 == 0 and length <= 64
+        assert np.mean(counts <= length) >= 0.97 or length == 64, (held, length)  # 99% of a sample, or the cap
+        assert np.mean(counts <= length - 2) < 0.99 or length == 2  # and is not longer than that needs
+    assert lengths[PAIR] < lengths[TEXT]  # captions are shorter than prose
+
+
 def test_auto_multiple_leaves_eight_shares():
     assert [mixture.rows_multiple(small_config(f"--config.train.batch_size={b}")) for b in (4, 8, 64, 256, 96)] \
         == [1, 1, 8, 32, 8]
@@ -116,11 +132,13 @@ def test_each_sets_order_survives_a_resume_and_does_not_depend_on_the_processes(
 
 def padded(batch: dict, config) -> dict:
     """The same examples in today's padded layout: every configured modality in every row, the
-    ones a sub-batch lacks as zeros with their presence bit off."""
+    ones a sub-batch lacks as zeros with their presence bit off, text padded to max_len."""
     rows = []
     for sub in batch.values():
         n = len(sub["example_id"])
         full = dict(sub)
+        ids = sub["text/ids"]
+        full["text/ids"] = np.pad(ids, ((0, 0), (0, config.modalities.text.max_len - ids.shape[1])))
         for name in config.modalities:
             if f"{name}/present" not in sub:
                 for key, value in registry.get(name).empty(config).items():
@@ -134,7 +152,9 @@ def test_loss_over_sub_batches_equals_the_padded_step(data):
     config, source, assets = data
     config = config.copy_and_resolve_references()
     config.data.modality_dropout = 0.5  # rows with a modality switched off inside their sub-batch
+    config.data.text_lengths = "image+text=8"  # captions at their own length, prose at max_len (12)
     batch = batches(config, source, assets, count=1)[0]
+    assert batch["image+text"]["text/ids"].shape[1] == 8 and batch["text"]["text/ids"].shape[1] == 12
     setup = build_setup(config, parallel.make_mesh((1, 1, 1)))
     params = setup.init_state()["params"]
     loss = jax.jit(lambda p, b, rng: objectives.total_loss(nnx.merge(setup.graphdef, p), b, rng, config)[1])

@@ -144,7 +144,8 @@ def text_lengths(config, resolved: Mixture) -> dict[tuple[str, ...], int]:
     text=24"; omni.data.pipeline.with_text_lengths fills it from the data), modalities.text.max_len
     for a set it does not name. A caption set's own length saves the padding of the longest text
     every other set would pay for (the default data's audio captions hold 7 tokens on average,
-    its prose 35)."""
+    its prose 35).
+    Under a mesh, every set's rows still split evenly: only the token axis differs."""
     if "text" not in config.modalities:
         return {}
     longest = int(config.modalities.text.max_len)

@@ -123,8 +123,9 @@ def with_resolved_mixture(config, source=None):
 def with_text_lengths(config, source, assets, sample: int = 1000, coverage: float = 99.0):
     """With data.text_lengths empty or "auto": the config with each sub-batch's text length
     measured on the data, the token count that covers `coverage`% of a sample of up to `sample`
-    of its set's texts (evenly spaced: the same every time), rounded up to a multiple of 4 and at
-    most modalities.text.max_len. Needs the run's tokenizer (assets)."""
+    of its set's texts (evenly spaced: the same every time), rounded up to an even number (cuDNN's
+    flash attention takes even lengths) and at most modalities.text.max_len. Needs the run's
+    tokenizer (assets)."""
     if "text" not in config.modalities or str(config.data.get("text_lengths", "") or "auto") != "auto":
         return config
     configured = list(config.modalities.keys())
@@ -137,7 +138,7 @@ def with_text_lengths(config, source, assets, sample: int = 1000, coverage: floa
         picked = indices[np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(int)] if len(indices) else []
         counts = [len(assets["tokenizer"].encode(source[int(i)]["text"])) for i in picked]
         needed = int(np.ceil(np.percentile(counts, coverage))) if counts else longest
-        lengths.append(f"{sub.name}={min(longest, max(4, -(-needed // 4) * 4))}")
+        lengths.append(f"{sub.name}={min(longest, max(2, -(-needed // 2) * 2))}")
     config = config.copy_and_resolve_references()
     config.data.text_lengths = ",".join(lengths)
     return config
