@@ -35,9 +35,11 @@ class StepWork:
     def __init__(self, config):
         m = config.model
         self.config = config
-        self.width, self.hidden, self.depth, self.embed_dim = m.width, m.width * m.mlp_ratio, m.depth, m.embed_dim
+        self.width, self.hidden = float(m.width), float(m.width * m.mlp_ratio)
+        self.depth, self.embed_dim = float(m.depth), float(m.embed_dim)
         self.lengths = {n: registry.get(n).num_tokens(config) for n in config.modalities}
-        self.stems = {n: registry.get(n).stem_flops(config) for n in config.modalities}
+        # floats: inside the step a Python int past 2^31 would not fit JAX's int32 constants
+        self.stems = {n: tuple(float(f) for f in registry.get(n).stem_flops(config)) for n in config.modalities}
         weights = registry.active_objectives(config)
         self.unimodal = "contrastive" in weights or "itm" in weights
         self.masked = any(name not in ("contrastive", "itm") for name in weights)
