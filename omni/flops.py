@@ -124,7 +124,7 @@ def model_flops_per_step(config, sub_batches=None) -> float:
 
 
 def real_work(model, batch, config) -> dict:
-    """Inside the step, on a batch of sub-batches (omni.objectives.as_sub_batches):
+    """Inside the step, on a batch of sub-batches (omni.sub_batches.as_sub_batches):
     {"real_flops": training FLOPs on present, non-padding tokens,
     "real_tokens": those tokens (CLS included), "token_slots": the token slots computed}, summed
     over the sub-batches of `batch`. A token is real when its modality is present in the row and

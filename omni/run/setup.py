@@ -19,7 +19,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from omni import matching, mup, objectives, parallel
+from omni import matching, mup, objectives, parallel, sub_batches
 from omni.checkpoint import abstract_like
 from omni.data import mixture, pipeline
 from omni.errors import ConfigError
@@ -285,7 +285,7 @@ def make_train_step(config, graphdef, lr_multipliers):
     def train_step(state, batch, args):
         tx = make_optimizer(config, lr_multipliers, args)
         rng = jax.random.fold_in(jax.random.key(args["seed"]), state["step"])
-        batch = objectives.as_sub_batches(batch)
+        batch = sub_batches.as_sub_batches(batch)
 
         def loss_fn(params):
             model = nnx.merge(graphdef, params)
