@@ -86,7 +86,8 @@ def get_config():
         # rows per modality set of each batch (omni/data/mixture.py), e.g. "image+text=16,text=8"
         # (rows) or "image+text=2,text=1" (weights); empty = the training split's own proportions
         mixture="",
-        rows_multiple=0,         # rows per set come in multiples of this; 0 = auto (8 at batch 64)
+        rows_multiple=0,         # rows per set come in multiples of this; 0 = auto (4 at batch 64;
+                                 # set it to the batch shards when they are more, e.g. 8 devices)
         num_threads=2, prefetch=4,
     ))
     c.eval = ml_collections.ConfigDict(dict(
