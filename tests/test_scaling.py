@@ -154,7 +154,7 @@ def test_resumed_sweep_skips_finished_runs(tmp_path, default_data):
     layout = pipeline.slot_layout(trained)
     image_rows = sum(rows for held, rows, _ in layout if "image" in held)
     text_slots = sum(rows * own["text"] for _, rows, own in layout)
-    assert text_slots < 8 * max_len  # captions shorter than the longest text
+    assert text_slots <= 8 * max_len  # each set's text at most the longest
     assert result["D_slots"] == 3 * (text_slots + image_rows * grid * grid)
     logged = last_training_row(out / "runs" / "d1")
     assert result["D"] == pytest.approx(3 * logged["real_tokens_per_step"])

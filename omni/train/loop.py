@@ -48,6 +48,7 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
     (when the dataset has one)."""
     workdir = Path(workdir)
     with Preemption() as preemption:
+        parallel.maybe_initialize_distributed()  # before anything touches JAX (the logs do)
         config = set_up_mixture(config)
         mesh = set_up_mesh(config, workdir)
         data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
