@@ -24,54 +24,53 @@ CPU_SHAPES = ((1024, 1024, 1024), (2048, 2048, 2048), (8192, 512, 2048))
 ACCELERATOR_SHAPES = ((8192, 8192, 8192),)
 
 
-def matmul_flops_per_s(f, x, w, calls: int, repeats: int, warmup_s: float, measure_s: float) -> float:
-    """FLOP/s of `f(x, w)` (compiled, [m, k] x [k, n]): run it for `warmup_s`, then keep the best
-    of at least `repeats` timings (and as many more as fit in `measure_s`), each of `calls` calls
-    back to back."""
-    f(x, w).block_until_ready()
-    warm_until = time.perf_counter() + warmup_s
-    while time.perf_counter() < warm_until:
-        f(x, w).block_until_ready()
-    best, timings = float("inf"), 0
-    measure_until = time.perf_counter() + measure_s
-    while timings < repeats or time.perf_counter() < measure_until:
-        timings += 1
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = f(x, w)
-        out.block_until_ready()
-        best = min(best, (time.perf_counter() - start) / calls)
-    (m, k), n = x.shape, w.shape[1]
-    return 2 * m * k * n / best
-
-
 def model_matmul(dtype: str):
     """`omni.nn.matmul` of a [m, k] activation by a [k, n] weight in the compute `dtype`, compiled."""
     dt = jnp.dtype(dtype)
     return jax.jit(lambda x, w: matmul(x, w, dt, "ij,jk->ik"))
 
 
-def measure_peak_flops(dtype: str, shapes=None, repeats: int = 3, warmup_s: float = 0.5,
+def timed(f, x, w, calls: int = 1) -> float:
+    """Seconds per call of `calls` calls of f(x, w) back to back."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        out = f(x, w)
+    out.block_until_ready()
+    return (time.perf_counter() - start) / calls
+
+
+def measure_peak_flops(dtype: str, shapes=None, repeats: int = 10, warmup_s: float = 0.5,
                        cpu_measure_s: float = 2.0) -> float:
-    """Peak FLOP/s of `omni.nn.matmul` in the compute dtype: the best over `shapes` of the best
-    timing of each.
+    """Peak FLOP/s of `omni.nn.matmul` in the compute dtype: over `shapes`, the best of each one's
+    best timing.
 
     The operands are random (constant ones or zeros can run faster on a GPU than real data does)
-    and already in the compute dtype, so the cast inside `matmul` costs nothing. A CPU runs the
-    products for `warmup_s` in all (split over the shapes) before timing them, because a
-    process's first timings run below its later ones, and keeps timing for `cpu_measure_s` in
-    all. An accelerator's 8192^3 product takes milliseconds, so each of its timings covers 20
-    calls back to back (one call's dispatch and sync would otherwise count against the peak and
-    flatter the MFU)."""
+    and already in the compute dtype, so the cast inside `matmul` costs nothing. The shapes take
+    turns: first for `warmup_s` untimed (a process's first products run below its later ones),
+    then timed, round after round, for at least `repeats` rounds and, on a CPU, `cpu_measure_s`.
+    Taking turns spreads each shape's timings over the whole measurement, so that a burst of
+    other work on the machine cannot spoil all the timings of one shape. An accelerator's 8192^3
+    product takes milliseconds, so each of its timings covers 20 calls back to back (one call's
+    dispatch and sync would otherwise count against the peak and flatter the MFU)."""
     on_cpu = jax.default_backend() == "cpu"
     shapes = shapes or (CPU_SHAPES if on_cpu else ACCELERATOR_SHAPES)
     calls = 1 if on_cpu else 20
     f = model_matmul(dtype)
-    best = 0.0
     rng = np.random.default_rng(0)
+    operands = []
     for m, k, n in shapes:
         x = jnp.asarray(rng.standard_normal((m, k), np.float32), jnp.dtype(dtype))
         w = jnp.asarray(rng.standard_normal((k, n), np.float32), jnp.dtype(dtype))
-        best = max(best, matmul_flops_per_s(f, x, w, calls, repeats, warmup_s / len(shapes),
-                                            (cpu_measure_s if on_cpu else 0.0) / len(shapes)))
-    return best
+        f(x, w).block_until_ready()  # compiled here, outside the timings
+        operands.append((x, w))
+    warm_until = time.perf_counter() + warmup_s
+    while time.perf_counter() < warm_until:
+        for x, w in operands:
+            f(x, w).block_until_ready()
+    best = [float("inf")] * len(shapes)
+    rounds, measure_until = 0, time.perf_counter() + (cpu_measure_s if on_cpu else 0.0)
+    while rounds < repeats or time.perf_counter() < measure_until:
+        rounds += 1
+        for i, (x, w) in enumerate(operands):
+            best[i] = min(best[i], timed(f, x, w, calls))
+    return max(2 * m * k * n / t for (m, k, n), t in zip(shapes, best))
