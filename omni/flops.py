@@ -146,7 +146,9 @@ def real_work(model, batch, config) -> dict:
             if a in names and b in names:
                 both = present[a] * present[b]
                 per_row = work.matched_forward(counts[a], counts[b], 1.0, 1.0, a, b) * both
-                fraction = 1.0 if not work.itm_rows else jnp.minimum(1.0, work.itm_rows / jnp.maximum(jnp.sum(both), 1.0))
+                # matching scores at most loss.itm.rows of the pair's rows (omni.matching.pack_rows)
+                fraction = 1.0 if not work.itm_rows else \
+                    jnp.minimum(1.0, work.itm_rows / jnp.maximum(jnp.sum(both), 1.0))
                 flops += jnp.sum(per_row) * fraction
     return {"real_flops": 3.0 * flops, "real_tokens": tokens, "token_slots": jnp.float32(slots)}
 

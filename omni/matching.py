@@ -176,7 +176,8 @@ def matching_losses(model, batch, embeddings, rng, config, pairs=None) -> dict[s
     contrastive pass's normalised embeddings), on each pair's first loss.itm.rows co-occurring rows.
     pairs: [(index, a, b)] to score (default: every trained pair); the index seeds its draws.
     A row's id for the draws is its `example_id` when the batch has one, else its index."""
-    pairs = pairs if pairs is not None else [(i, a, b) for i, (a, b) in enumerate(itm_pairs(config, model.modality_names))]
+    if pairs is None:
+        pairs = [(i, a, b) for i, (a, b) in enumerate(itm_pairs(config, model.modality_names))]
     names = sorted({n for _, a, b in pairs for n in (a, b)})   # only the modalities some pair uses
     tokens = {n: model.stems[n].embed(batch, model.dtype) for n in names}
     fingerprints = {n: content_fingerprint(batch, n) for n in names}

@@ -140,7 +140,8 @@ def masked_losses(model, batch, rng, config):
 
 def total_loss(model, batch, rng, config):
     """Weighted sum of every enabled objective -> (loss, metrics), over a batch of sub-batches
-    (omni.data.pipeline) or a flat batch (`as_sub_batches`). Zero-weight objectives are not computed at all, so they cost nothing."""
+    (omni.data.pipeline) or a flat batch (`as_sub_batches`). Zero-weight objectives are not
+    computed at all, so they cost nothing."""
     weights = registry.active_objectives(config)
     batch = as_sub_batches(batch)
     metrics = {}

@@ -135,7 +135,8 @@ def with_text_lengths(config, source, assets, sample: int = 1000, coverage: floa
         if "text" not in sub.modalities:
             continue
         indices = np.flatnonzero(masks == mixture.mask_of(sub.modalities, configured))
-        picked = indices[np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(int)] if len(indices) else []
+        spaced = np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(int)
+        picked = indices[spaced] if len(indices) else []
         counts = [len(assets["tokenizer"].encode(source[int(i)]["text"])) for i in picked]
         needed = int(np.ceil(np.percentile(counts, coverage))) if counts else longest
         lengths.append(f"{sub.name}={min(longest, max(2, -(-needed // 2) * 2))}")

@@ -155,7 +155,8 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
         train_step = setup.compile_train_step()  # the update step, compiled once (omni.run.setup)
         batch_shardings = setup.batch_shardings()
         step_args = setup.step_args_on_devices()
-    padded_flops = model_flops_per_step(config, pipeline.slot_layout(config, setup.mixture))  # every token slot, for the global batch
+    # every token slot of the global batch; the real-token count comes from the step itself
+    padded_flops = model_flops_per_step(config, pipeline.slot_layout(config, setup.mixture))
     # The configured peak, or a quicker measurement than `omni bench` takes (it starts every run),
     # so this MFU may read a few percent high.
     peak = float(config.train.get("peak_flops_per_device", 0.0)) or \
