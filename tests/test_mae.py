@@ -131,7 +131,7 @@ def test_train_step_runs_and_the_decoder_learns(model):
     def loss(p):
         return objectives.total_loss(nnx.merge(graphdef, p), make_batch(config, 1), jax.random.key(0), config)[0]
 
-    grads = nnx.to_pure_dict(jax.grad(loss)(params))
+    grads = nnx.to_pure_dict(jax.jit(jax.grad(loss))(params))  # jitted: eager would take tens of seconds
     norms = jax.tree.map(lambda g: float(jnp.sum(jnp.abs(g))), grads)
     decoder = norms["decoders"]["image"]
     for key in ("embed", "head", "norm"):
