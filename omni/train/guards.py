@@ -1,9 +1,8 @@
 """Guards that stop a run early with one clear line instead of failing deep inside: a resume with a
-config of another shape, and a streak of non-finite steps."""
+config of another shape or another data order, and a streak of non-finite steps."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -16,23 +15,55 @@ from omni.run.assets import log
 
 # Sections that decide the shapes of the checkpointed state: they must not change on resume.
 SHAPE_SECTIONS = ("model", "modalities")
+# Keys that decide which example sits at position k of the training order, and so which examples
+# step s reads (omni.data.pipeline: a set's positions step * rows ... + rows, drawn from
+# (seed, set, position), grouped into runs of group_size). A checkpoint stores only the step, so a
+# resume with another value of one of them would silently read other examples than the
+# checkpointed run would have: a shifted position, repeats and skips. data.mixture is compared as
+# config.json holds it: resolved to rows per modality set, so a changed batch size, a changed
+# weighting or changed data proportions all show there.
+POSITION_KEYS = ("train.batch_size", "data.mixture", "data.group_size", "train.seed")
 
 
-def check_resume_compatible(config, workdir: Path) -> None:
-    """Resuming a workdir with a config of another shape would fail deep inside the restore;
-    say which key differs instead, before anything compiles."""
+def flat(tree, prefix="") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def check_resume_compatible(config, workdir) -> None:
+    """Resuming a workdir with a config of another shape would fail deep inside the restore, and
+    one with another data order would read other examples without a word; say which key differs
+    instead, before anything compiles. workdir: a local path or an epath (gs://, s3://)."""
     saved_path = workdir / "config.json"
     if not saved_path.exists() or not (workdir / "checkpoints").exists():
         return
     saved = json.loads(saved_path.read_text())
     current = json.loads(config_lib.to_json(config))
+    check_same_shapes(saved, current, workdir)
+    check_same_data_order(flat(saved), flat(current), workdir)
 
-    def flat(tree, prefix=""):
-        out = {}
-        for key, value in tree.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-        return out
 
+def check_same_data_order(saved: dict, current: dict, workdir) -> None:
+    """Refuse a changed POSITION_KEYS value. A key the saved config.json lacks (a workdir from
+    before the key existed) is not compared: there is nothing to compare it with."""
+    for key in POSITION_KEYS:
+        if key in saved and saved[key] != current.get(key):
+            raise ConfigError(
+                f"{workdir} holds checkpoints of a run with {key}={saved[key]!r}, but this config has "
+                f"{key}={current.get(key)!r}: resuming would shift the data position (a checkpoint stores "
+                f"only the step, and {key} decides which examples step k reads); resume with "
+                f"--config.{key}={_cli_value(saved[key])}, or start a new --workdir")
+
+
+def _cli_value(value) -> str:
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    return f"'{text}'" if any(c in text for c in " ,=+") else text
+
+
+def check_same_shapes(saved: dict, current: dict, workdir) -> None:
     for section in SHAPE_SECTIONS:
         old, new = flat(saved.get(section, {}), f"{section}."), flat(current.get(section, {}), f"{section}.")
         for key in sorted(set(old) | set(new)):
