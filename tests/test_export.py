@@ -278,3 +278,44 @@ def test_finetuning_starts_from_the_bundle_weights(bundle, tmp_path):
         assert np.array_equal(got[key], expected[key]), key
     assert assets["tokenizer"].to_json() == (path / "tokenizer.json").read_text(encoding="utf-8")
     assert assets["smell"] == json.loads((path / "assets.json").read_text())["smell"]  # the SVD basis too
+
+
+def chunk_reads() -> int:
+    """Chunks tensorstore has read in this process so far (each array of a checkpoint is one or
+    more chunks): the count that tells what a restore read."""
+    import tensorstore as ts
+
+    return sum(m["values"][0]["value"] for m in ts.experimental_collect_matching_metrics("/tensorstore/cache/chunk_cache/reads"))
+
+
+def test_eval_and_export_restore_the_params_alone(bundle):
+    """load_run (eval, export) reads the params' arrays and nothing of the optimizer state; they
+    equal the params of a full restore, and so do the exported weights."""
+    import jax
+    from safetensors.numpy import load_file
+
+    from omni.checkpoint import Checkpoints
+    from omni.run.bundle import flatten_params
+    from omni.run.load import load_run
+
+    path, workdir, _, _, _ = bundle
+    before = chunk_reads()
+    _, setup, params, _, step = load_run(workdir)
+    params_only = chunk_reads() - before
+    checkpoints = Checkpoints(workdir / "checkpoints", keep=1000, async_save=False)
+    before = chunk_reads()
+    with jax.set_mesh(setup.mesh):
+        full = checkpoints.restore_state(step, setup.abstract_state)
+    everything = chunk_reads() - before
+    checkpoints.close()
+    leaves = len(jax.tree.leaves(params))
+    optimizer = len(jax.tree.leaves(full["opt_state"]))
+    assert optimizer >= 2 * leaves  # Adam's two moments per parameter
+    print(f"chunks read: params only {params_only}, full state {everything}; {leaves} params, "
+          f"{optimizer} optimizer arrays")
+    assert leaves <= params_only < leaves + optimizer // 2 <= everything
+    expected = flatten_params(jax.device_get(full["params"]))
+    got, exported = flatten_params(jax.device_get(params)), load_file(str(path / "weights.safetensors"))
+    assert sorted(got) == sorted(expected) == sorted(exported)
+    for key in expected:
+        assert np.array_equal(got[key], expected[key]) and np.array_equal(exported[key], expected[key]), key

@@ -41,18 +41,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import save_file
 
+from omni import storage
+from omni.export.weights import write_safetensors
 from omni.matching import itm_pairs, matching_logits
 from omni.modalities import image, registry, text
 from omni.run.bundle import (ASSETS, BUNDLE_FORMAT, CONFIG, DEFAULT_PLATFORMS, MANIFEST, METADATA, PREPROCESSING,
-                             TOKENIZER, WEIGHTS, BATCH_DIM, flatten_params, program_file, sha256_of_file,
+                             TOKENIZER, WEIGHTS, BATCH_DIM, flat_leaves, program_file, sha256_of_file,
                              unflatten_like)
 from omni.run.load import load_run
 
@@ -93,11 +95,10 @@ def preprocessing_constants(config) -> dict:
     return out
 
 
-def export_programs(config, graphdef, like_params, weights: dict[str, np.ndarray],
+def export_programs(config, graphdef, like_params, weights: dict,
                     platforms=DEFAULT_PLATFORMS) -> dict[str, tuple[bytes, dict]]:
-    """modality -> (serialized jax.export program, its description for bundle.json)."""
-
-
+    """modality -> (serialized jax.export program, its description for bundle.json). like_params
+    gives the structure only and weights the shapes and dtypes only: no value is read."""
     batch, = jax.export.symbolic_shape(BATCH_DIM)
     weight_specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in weights.items()}
     out = {}
@@ -159,26 +160,37 @@ def export_matching_programs(config, graphdef, like_params, weight_specs, batch,
 
 def export_bundle(workdir, out_dir, platforms=DEFAULT_PLATFORMS) -> dict:
     """The newest checkpoint of the run in `workdir` -> a bundle folder at `out_dir` (which must
-    not exist or be empty). Written to a temporary sibling first, then renamed into place.
-    Returns a summary (bundle path, step, modalities, platforms, file sizes)."""
-    workdir, out_dir = Path(workdir), Path(out_dir)
+    not exist or be empty). Either may be local, gs:// or s3:// (omni.storage). Returns a summary
+    (bundle path, step, modalities, platforms, file sizes).
+
+    Only the params are restored (omni.run.load), sharded over the devices, and
+    weights.safetensors is written one tensor at a time (omni.export.weights), so the host holds
+    one parameter at a time, never the model. A local bundle is written to a temporary sibling
+    and renamed into place; one on an object store is written to a local temporary folder and
+    uploaded with manifest.json last, so a reader that finds the manifest finds every file."""
+    workdir, out_dir = storage.path(workdir), storage.path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: already exists and is not an empty folder; choose a new --out")
     config, setup, params, assets, step = load_run(workdir)
-    params = jax.device_get(params)
-    weights = flatten_params(params)
+    weights = flat_leaves(params)
     for key, value in weights.items():
         if value.dtype != np.float32:
             raise ValueError(f"parameter '{key}' is {value.dtype}; bundles store float32 weights")
     programs = export_programs(config, setup.graphdef, params, weights, platforms)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+    remote = storage.is_remote(out_dir)
+    if remote:
+        tmp = Path(tempfile.mkdtemp(prefix="omni-bundle-"))
+    else:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(out_dir.parent / f".{out_dir.name}.tmp-{os.getpid()}")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
     try:
-        save_file(weights, str(tmp / WEIGHTS), metadata={"format": BUNDLE_FORMAT, "step": str(step)})
+        with open(tmp / WEIGHTS, "wb") as f:
+            write_safetensors(f, weights, metadata={"format": BUNDLE_FORMAT, "step": str(step)})
+        del params, weights
         (tmp / CONFIG).write_bytes((workdir / "config.json").read_bytes())
         (tmp / TOKENIZER).write_text(assets["tokenizer"].to_json(), encoding="utf-8")
         fitted = {k: v for k, v in assets.items() if k != "tokenizer"}
@@ -196,9 +208,13 @@ def export_bundle(workdir, out_dir, platforms=DEFAULT_PLATFORMS) -> dict:
         files = {p.name: {"sha256": sha256_of_file(p), "bytes": p.stat().st_size} for p in sorted(tmp.iterdir())}
         manifest = {"format": BUNDLE_FORMAT, "algorithm": "sha256", "files": files}
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        os.replace(tmp, out_dir)
+        if remote:
+            storage.copy_folder(tmp, out_dir, last=MANIFEST)
+            shutil.rmtree(tmp)
+        else:
+            if out_dir.exists():
+                out_dir.rmdir()  # empty (checked above)
+            os.replace(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

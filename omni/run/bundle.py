@@ -18,6 +18,7 @@ import ml_collections
 import numpy as np
 from safetensors.numpy import load, load_file
 
+from omni import storage
 from omni.modalities import registry
 from omni.modalities.image import load_image
 from omni.modalities.text import BPETokenizer, encode_padded
@@ -41,7 +42,12 @@ def program_file(modality: str) -> str:
 
 def flatten_params(params) -> dict[str, np.ndarray]:
     """Nested dict of arrays -> {"a/b/c": C-contiguous numpy array} (0-d arrays stay 0-d)."""
-    flat: dict[str, np.ndarray] = {}
+    return {key: np.array(value, order="C", copy=True) for key, value in flat_leaves(params).items()}
+
+
+def flat_leaves(params) -> dict:
+    """Nested dict -> {"a/b/c": leaf}, the leaves as they are (device arrays stay on the devices)."""
+    flat: dict = {}
 
     def visit(node, path):
         if isinstance(node, Mapping):
@@ -51,7 +57,7 @@ def flatten_params(params) -> dict[str, np.ndarray]:
                     raise ValueError(f"parameter name '{key}' (under '{'/'.join(path)}') contains '/'")
                 visit(value, path + (key,))
         else:
-            flat["/".join(path)] = np.array(node, order="C", copy=True)
+            flat["/".join(path)] = node
 
     visit(params, ())
     return flat
@@ -82,9 +88,9 @@ def leaf_paths(like) -> list[str]:
     return paths
 
 
-def sha256_of_file(path: Path) -> str:
+def sha256_of_file(path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
@@ -122,6 +128,8 @@ class Bundle:
         if self._weights is None:
             if WEIGHTS in self._verified:
                 self._weights = load(self._verified[WEIGHTS])
+            elif storage.is_remote(self.path):
+                self._weights = load((self.path / WEIGHTS).read_bytes())
             else:
                 self._weights = load_file(str(self.path / WEIGHTS))
         return self._weights
@@ -166,6 +174,11 @@ class Bundle:
         return self._assets
 
 
+def _size(file) -> int:
+    stat = file.stat()
+    return stat.st_size if hasattr(stat, "st_size") else stat.length  # pathlib's, epath's
+
+
 def _safe_name(name) -> bool:
     if not isinstance(name, str) or not name or "\\" in name:
         return False
@@ -174,9 +187,9 @@ def _safe_name(name) -> bool:
 
 
 def load_bundle(path) -> Bundle:
-    """Open a bundle, checking every file against manifest.json: a changed, missing or unlisted
-    file raises ValueError naming it."""
-    path = Path(path)
+    """Open a bundle (a local folder, gs:// or s3://), checking every file against manifest.json:
+    a changed, missing or unlisted file raises ValueError naming it."""
+    path = storage.path(path) if storage.is_remote(path) else Path(path)  # pathlib sees symlinks
     if not path.is_dir():
         raise ValueError(f"bundle {path}: not a folder")
     manifest_path = path / MANIFEST
@@ -196,7 +209,7 @@ def load_bundle(path) -> Bundle:
     present = set()
     for p in path.rglob("*"):
         rel = p.relative_to(path).as_posix()
-        if p.is_symlink():
+        if isinstance(p, Path) and p.is_symlink():  # an object store has none
             raise ValueError(f"bundle {path}: {rel} is a symbolic link; bundles hold plain files only")
         if p.is_file() and rel != MANIFEST:
             present.add(rel)
@@ -211,7 +224,7 @@ def load_bundle(path) -> Bundle:
         entry = files[name]
         expected = entry.get("sha256") if isinstance(entry, dict) else entry
         file = path / name
-        if file.stat().st_size <= _CACHE_LIMIT:
+        if _size(file) <= _CACHE_LIMIT:
             data = file.read_bytes()
             actual = hashlib.sha256(data).hexdigest()
         else:
