@@ -9,8 +9,8 @@ import soundfile as sf
 from flax import nnx
 
 from omni.config import ConfigError, load_config
-from omni.modalities.audio import (HOP, SAMPLE_RATE, Audio, AudioStem, load_audio, log_mel, log_mel_jax,
-                                   span_mask)
+from omni.modalities.audio import (HOP, SAMPLE_RATE, Audio, AudioStem, check_audio, load_audio, log_mel,
+                                   log_mel_jax, span_mask)
 
 
 def speech_like(seconds: float, seed: int, rate: int = SAMPLE_RATE) -> np.ndarray:
@@ -129,6 +129,73 @@ def test_truncated_file_is_a_value_error(fmt, subtype):
         load_audio(data[: len(data) // 3], 1.0)
     with pytest.raises(ValueError, match="cannot decode audio"):
         load_audio(data[:30], 1.0)
+
+
+class FakeDecoder:
+    """An audioread backend (what ffmpeg is to it) that hands back `pcm` (float [frames, channels])
+    as 16-bit blocks and reports `duration`: the fallback's path, whatever the machine has."""
+
+    def __init__(self, pcm: np.ndarray, rate: int, duration: float | None):
+        self.blocks = np.array_split(np.round(pcm * 32767).astype("<i2"), max(1, len(pcm) // 1024))
+        self.samplerate, self.channels, self.duration = rate, pcm.shape[1], duration
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        return (block.tobytes() for block in self.blocks)  # frames in order, channels interleaved
+
+
+def decode_with(monkeypatch, decoder):
+    import audioread
+    opened = []
+    monkeypatch.setattr(audioread, "audio_open", lambda path: opened.append(path) or decoder)
+    return opened
+
+
+def test_a_cut_file_that_the_fallback_decodes_in_part_is_refused(monkeypatch, tmp_path):
+    """libsndfile reads a cut FLAC's header (16,000 frames) and stops ('lost sync'); ffmpeg then
+    decodes the first third and ends without an error, as it does where it is installed. The
+    frames must be checked against the header, not zero-padded into a near-silent clip."""
+    y = speech_like(1.0, seed=8)
+    data = encoded(y, 16000, "FLAC", "PCM_16")
+    opened = decode_with(monkeypatch, FakeDecoder(y[:5120, None], 16000, duration=0.32))
+    with pytest.raises(ValueError, match=r"truncated \(decoded 5120 samples per channel of the 16000 its header"):
+        load_audio(data[: len(data) // 3], 1.0)
+    assert opened  # the fallback ran: libsndfile alone would not have reached this
+    (tmp_path / "cut.flac").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match=r"cut\.flac: truncated \(decoded 5120 .* of the 16000"):
+        check_audio(str(tmp_path / "cut.flac"))
+    load_audio(data[: len(data) // 3], 0.2)  # a clip of what is left is whole: 3,200 + 1,600 frames
+
+
+def test_the_fallback_decodes_what_libsndfile_cannot_and_checks_its_duration(monkeypatch):
+    """Bytes libsndfile cannot open at all: the backend's decoding is used, mixed to mono, and
+    checked against the duration the backend reports (the container's); without one, no check."""
+    stereo = np.stack([speech_like(0.52, seed=3), 0.5 * speech_like(0.52, seed=4)], axis=1)[:8192]
+    unknown = b"not a format libsndfile knows\n" * 40
+    decode_with(monkeypatch, FakeDecoder(stereo, 16000, duration=8192 / 16000))
+    out = load_audio(unknown, 0.5)
+    np.testing.assert_allclose(out[:8000], stereo.mean(axis=1)[:8000], atol=1e-4)
+    decode_with(monkeypatch, FakeDecoder(stereo, 16000, duration=2.0))
+    with pytest.raises(ValueError, match=r"truncated \(decoded 8192 .* of the 32000 its header declares"):
+        check_audio(unknown)
+    decode_with(monkeypatch, FakeDecoder(stereo, 16000, duration=None))
+    assert check_audio(unknown) is None  # no length declared: nothing to hold it to
+
+
+def test_without_a_fallback_decoder_the_libsndfile_error_is_given(monkeypatch):
+    import audioread
+
+    def no_backend(path):
+        raise audioread.NoBackendError()
+    monkeypatch.setattr(audioread, "audio_open", no_backend)
+    data = encoded(speech_like(1.0, seed=8), 16000, "FLAC", "PCM_16")
+    with pytest.raises(ValueError, match="cannot decode audio: .*lost sync"):
+        load_audio(data[: len(data) // 3], 1.0)
 
 
 def test_bad_data_is_a_value_error():

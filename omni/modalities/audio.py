@@ -9,6 +9,7 @@ reconstructs each masked token's log-mel patch, normalised per patch as in MAE.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import math
@@ -67,57 +68,105 @@ def _checked(audio: np.ndarray, rate: int) -> tuple[np.ndarray, int]:
 
 def _decode(data, clip_seconds: float | None = None) -> tuple[np.ndarray, int]:
     """-> (float32 [frames, channels], sample rate): soundfile (libsndfile: WAV, FLAC, OGG, MP3, ...),
-    else librosa/audioread for what libsndfile cannot read. With clip_seconds, only the start of
-    the file that the clip needs is decoded (plus a margin for the resampler): long files stay cheap."""
+    else audioread (ffmpeg, ...) for what libsndfile cannot read. With clip_seconds, only the start of
+    the file that the clip needs is decoded (plus a margin for the resampler): long files stay cheap.
+    Both paths refuse a file cut short of the length its header declares, so the answer does not
+    depend on which decoders the machine has."""
     import soundfile
-    is_path = isinstance(data, (str, os.PathLike))
-    if not is_path and len(data) == 0:
+    path = os.fspath(data) if isinstance(data, (str, os.PathLike)) else None  # named in errors
+    if path is None and len(data) == 0:
         raise ValueError("cannot decode audio: no data (0 bytes)")
+    declared = None  # frames the header announces, when libsndfile could read the header
     try:
-        with soundfile.SoundFile(data if is_path else io.BytesIO(data)) as f:
-            rate = f.samplerate
-            wanted = -1 if clip_seconds is None else math.ceil(clip_seconds * rate) + rate // 10
-            _check_wav_length(f.extra_info)
+        with soundfile.SoundFile(path or io.BytesIO(data)) as f:
+            rate, declared = f.samplerate, f.frames
+            wanted = -1 if clip_seconds is None else _clip_frames(clip_seconds, rate)
+            _check_wav_length(f.extra_info, path)
             audio = f.read(wanted, dtype="float32", always_2d=True)
-            # The frame count of compressed streams (MP3 without a Xing header) can be an
-            # estimate: only a clear shortfall means the file was cut.
-            expected = f.frames if wanted < 0 else min(wanted, f.frames)
-            if len(audio) < 0.95 * expected:
-                raise ValueError(f"cannot decode audio: truncated ({len(audio)} of {f.frames} frames)")
+            _check_length(len(audio), declared, None if wanted < 0 else wanted, path)
             return audio, rate
     except (soundfile.SoundFileError, RuntimeError) as e:  # libsndfile cannot read it (or it broke)
         reason = getattr(e, "error_string", None) or str(e)
-        return _decode_fallback(data, is_path, clip_seconds, reason)
+        return _decode_fallback(data, path, clip_seconds, reason, declared)
 
 
-def _check_wav_length(log: str) -> None:
+def _clip_frames(clip_seconds: float, rate: int) -> int:
+    """Frames to decode for a clip: its length plus 0.1 s for the resampler's filter."""
+    return math.ceil(clip_seconds * rate) + rate // 10
+
+
+def _named(path: str | None) -> str:
+    """' <path>' to put in an error, '' for bytes (their caller names the record or file)."""
+    return f" {path}" if path is not None else ""
+
+
+def _check_length(got: int, declared: int | None, wanted: int | None, path: str | None) -> None:
+    """ValueError when fewer frames decoded than the header declares (up to `wanted`, the clip's
+    frames, when only the start is read). The declared count of compressed streams (MP3 without
+    a Xing header, ffmpeg's duration from the bitrate) can be an estimate: only a clear shortfall
+    (under 95%) means the file was cut. declared None or 0 (unknown): no check."""
+    if not declared:
+        return
+    expected = declared if wanted is None else min(wanted, declared)
+    if got < 0.95 * expected:
+        of = f"the {expected} its header declares" if expected == declared else \
+             f"the clip's {expected} (the header declares {declared})"
+        raise ValueError(f"cannot decode audio{_named(path)}: truncated (decoded {got} samples per channel "
+                         f"of {of})")
+
+
+def _check_wav_length(log: str, path: str | None) -> None:
     """libsndfile reads a truncated WAV without complaint, but logs 'data : <declared> (should be
     <actual>)'. A declared size of 0 or 0xFFFFFFFF is a streamed WAV of unknown length: valid."""
     found = re.search(r"^data\s*:\s*(\d+)\s*\(should be (\d+)\)", log, re.M)
     if found:
         declared, actual = int(found.group(1)), int(found.group(2))
         if actual < declared != 0xFFFFFFFF:
-            raise ValueError(f"cannot decode audio: truncated (data chunk holds {actual} of {declared} bytes)")
+            raise ValueError(f"cannot decode audio{_named(path)}: truncated (data chunk holds {actual} of "
+                             f"{declared} bytes)")
 
 
-def _decode_fallback(data, is_path: bool, clip_seconds: float | None, reason: str) -> tuple[np.ndarray, int]:
-    """librosa.load via audioread (ffmpeg, gstreamer, ... where installed) on a temporary file."""
-    import librosa
-    duration = None if clip_seconds is None else clip_seconds + 0.1
+@contextlib.contextmanager
+def _on_disk(data, path: str | None):
+    """A path to the audio: its own, or a temporary file holding the bytes (audioread reads paths)."""
+    if path is not None:
+        yield path
+        return
+    with tempfile.NamedTemporaryFile() as f:
+        f.write(data)
+        f.flush()
+        yield f.name
+
+
+def _decode_fallback(data, path: str | None, clip_seconds: float | None, reason: str,
+                     declared: int | None = None) -> tuple[np.ndarray, int]:
+    """audioread (ffmpeg, gstreamer, ... where installed; bytes go through a temporary file), for
+    what libsndfile cannot read. A decoder that stops early returns what it got without an error
+    (ffmpeg decodes the first third of a cut FLAC and ends), so the frames are checked against the
+    header: `declared` when libsndfile read it, else the duration the backend reports.
+    path: the file's path, None for bytes. reason: why libsndfile failed, the message when no
+    backend can decode the file either."""
+    import audioread
     try:
-        with warnings.catch_warnings():  # librosa warns that soundfile failed: we know
-            warnings.simplefilter("ignore")
-            if is_path:
-                audio, rate = librosa.load(data, sr=None, mono=False, duration=duration)
-            else:
-                with tempfile.NamedTemporaryFile() as f:
-                    f.write(data)
-                    f.flush()
-                    audio, rate = librosa.load(f.name, sr=None, mono=False, duration=duration)
+        with warnings.catch_warnings():  # its raw reader imports aifc, audioop, sunau: deprecated in 3.11
+            warnings.simplefilter("ignore", DeprecationWarning)
+            with _on_disk(data, path) as on_disk, audioread.audio_open(on_disk) as f:
+                rate, channels = int(f.samplerate), int(f.channels)
+                declared = declared or (round(f.duration * rate) if f.duration else None)
+                wanted = None if clip_seconds is None else _clip_frames(clip_seconds, rate)
+                chunks, frames = [], 0
+                for block in f:  # 16-bit little-endian PCM, channels interleaved
+                    chunks.append(np.frombuffer(block, "<i2"))
+                    frames += len(chunks[-1]) // channels
+                    if wanted is not None and frames >= wanted:
+                        break
     except Exception:  # audioread raises its own types (NoBackendError, DecodeError, ...)
-        raise ValueError(f"cannot decode audio: {reason}") from None
-    audio = np.asarray(audio, np.float32)
-    return (audio[:, None] if audio.ndim == 1 else audio.T), int(rate)
+        raise ValueError(f"cannot decode audio{_named(path)}: {reason}") from None
+    pcm = np.concatenate(chunks) if chunks else np.zeros(0, "<i2")
+    audio = (pcm[: len(pcm) // channels * channels].reshape(-1, channels) / 32768.0).astype(np.float32)
+    audio = audio if wanted is None else audio[:wanted]
+    _check_length(len(audio), declared, wanted, path)
+    return audio, rate
 
 
 # ----------------------------------------------------------------------------- log-mel (Whisper)
