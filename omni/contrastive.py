@@ -5,12 +5,19 @@
     negative by how close it already is, so the loss keeps pushing the hardest negatives apart
     (Wang & Liu 2021, "Understanding the behaviour of contrastive loss").
 
-On a batch sharded across devices neither loss gathers the global similarity matrix: each
-device scores its own rows against the chunks of the other side that visit it around the device
-ring (`ppermute`), so memory per device stays O(b_local^2) and the result equals the plain loss
-on the gathered batch (tests/contrastive_worker.py checks both on an 8-device mesh).
+The logit scale is exp(t) with t clamped at log(100), as CLIP clamps it (`clamped_scale`).
+
+On a batch sharded across devices each device all-gathers the other side's embeddings (small:
+[batch, dim]) and scores its own rows against every column: its logits are b_local x b, so memory
+for the O(batch^2) similarities still falls as 1/devices, and the program holds the same few
+collectives on any number of devices (an all-gather of one side, a few sums; their transposes in
+the backward). A ring of `ppermute` hops unrolled per device grew the program with the device
+count; docs/performance.md ("Contrastive and matching losses on many devices") has the figures.
+The sharded losses equal the plain loss on the gathered batch (tests/contrastive_worker.py).
 """
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -19,6 +26,14 @@ from jax.sharding import PartitionSpec as P
 from omni.parallel import batch_mesh_axes
 
 MASKED = -1e9  # the logit of an invalid pair: finite, so that masked rows keep finite gradients
+MAX_LOG_SCALE = math.log(100.0)  # CLIP's clamp: the logit scale exp(t) never exceeds 100
+
+
+def clamped_scale(logit_scale):
+    """exp(t) for t clamped at log(100) (CLIP, Radford et al. 2021, section 2.5): a larger scale
+    makes the softmax/sigmoid so sharp that training turns unstable. Above the clamp the scale is
+    exactly 100 and t gets no gradient."""
+    return jnp.exp(jnp.minimum(logit_scale, MAX_LOG_SCALE))
 
 
 def masked_mean(values, valid):
@@ -27,11 +42,20 @@ def masked_mean(values, valid):
     return total / jnp.maximum(jnp.sum(valid), 1)
 
 
+def _siglip_sum(za, zb, logit_scale, logit_bias, valid_a, valid_b, first=0):
+    """sum of log sigmoid(label * logit) over the valid pairs of rows za against columns zb, where
+    row i's positive is column first + i (label +1) and every other column a negative (-1)."""
+    logits = clamped_scale(logit_scale) * (za @ zb.T) + logit_bias
+    positive = jnp.arange(za.shape[0])[:, None] + first == jnp.arange(zb.shape[0])[None, :]
+    pair_valid = valid_a[:, None] & valid_b[None, :]
+    return jnp.sum(jnp.where(pair_valid, jax.nn.log_sigmoid(jnp.where(positive, logits, -logits)), 0.0))
+
+
 def siglip_loss(za, zb, logit_scale, logit_bias, valid):
     """Sigmoid loss of Zhai et al. (2023), eq. 1:
     loss = -1/n * sum_ij log sigmoid(label_ij * (exp(t) za_i.zb_j + b)), label = +1 on the diagonal,
     -1 elsewhere, over rows and columns that are valid; n = number of valid rows."""
-    total = _siglip_block_sum(za, zb, logit_scale, logit_bias, valid, valid, diagonal=True)
+    total = _siglip_sum(za, zb, logit_scale, logit_bias, valid, valid)
     return -total / jnp.maximum(jnp.sum(valid), 1)
 
 
@@ -43,81 +67,63 @@ def _infonce_logits(za, zb, scale, valid_a, valid_b):
 def infonce_loss(za, zb, logit_scale, valid):
     """CLIP's symmetric softmax cross-entropy over valid rows/columns, averaged over both
     directions: 1/n sum_i [lse_j(s za_i.zb_j) + lse_j(s za_j.zb_i)] / 2 - s za_i.zb_i, s = exp(t)."""
-    logits = _infonce_logits(za, zb, jnp.exp(logit_scale), valid, valid)
+    logits = _infonce_logits(za, zb, clamped_scale(logit_scale), valid, valid)
     diagonal = jnp.diagonal(logits)
     a_to_b = jax.nn.logsumexp(logits, axis=1) - diagonal
     b_to_a = jax.nn.logsumexp(logits, axis=0) - diagonal
     return masked_mean(0.5 * (a_to_b + b_to_a), valid)
 
 
-def _ring(axes):
-    """Number of batch shards and the ring permutation that passes a chunk to the next shard."""
-    mesh = jax.sharding.get_abstract_mesh()
-    shards = 1
-    for a in axes:
-        shards *= mesh.shape[a]
-    return shards, [(i, (i + 1) % shards) for i in range(shards)]
+def _on_batch_shards(local, axes, *args):
+    """`local(axes, za, zb, valid, *scalars)` on each device's rows of the batch -> one replicated
+    scalar."""
+    rows, scalars = P(axes), (P(),) * (len(args) - 3)
+    return jax.shard_map(lambda *a: local(axes, *a), in_specs=(rows, rows, rows, *scalars), out_specs=P(),
+                         check_vma=False)(*args)
 
 
-def _siglip_block_sum(za, zb, logit_scale, logit_bias, valid_a, valid_b, diagonal: bool):
-    """sum of log sigmoid(label * logit) over valid pairs of one block of the similarity matrix."""
-    logits = jnp.exp(logit_scale) * (za @ zb.T) + logit_bias
-    labels = 2.0 * jnp.eye(za.shape[0]) - 1.0 if diagonal else -jnp.ones_like(logits)
-    pair_valid = valid_a[:, None] & valid_b[None, :]
-    return jnp.sum(jnp.where(pair_valid, jax.nn.log_sigmoid(labels * logits), 0.0))
+def _gather(axes, *xs):
+    """Every device's rows of each x, in global order, and where this device's rows start."""
+    gathered = [jax.lax.all_gather(x, axes, tiled=True) for x in xs]
+    return gathered, jax.lax.axis_index(axes) * xs[0].shape[0]
 
 
-def siglip_loss_chunked(za, zb, logit_scale, logit_bias, valid):
-    """`siglip_loss` on a sharded batch (the SigLIP paper's chunked scheme): each device scores its
-    own rows against its own columns (the positives), then passes its b-side chunk around the ring
-    n-1 times and scores the negatives of each visiting chunk."""
+def _siglip_local(axes, za, zb, valid, t, bias):
+    (zb_all, valid_all), first = _gather(axes, zb, valid)
+    total = jax.lax.psum(_siglip_sum(za, zb_all, t, bias, valid, valid_all, first), axes)
+    return -total / jnp.maximum(jax.lax.psum(jnp.sum(valid), axes), 1)
+
+
+def siglip_loss_sharded(za, zb, logit_scale, logit_bias, valid):
+    """`siglip_loss` on a batch sharded over the mesh's batch axes: each device scores its own rows
+    against every device's b-side embeddings (gathered); the sums meet in one psum."""
     axes = batch_mesh_axes()
     if not axes:
         return siglip_loss(za, zb, logit_scale, logit_bias, valid)
-    shards, ring = _ring(axes)
-
-    def local(za, zb, valid_a, valid_b, t, b):
-        total = _siglip_block_sum(za, zb, t, b, valid_a, valid_b, diagonal=True)
-        for _ in range(shards - 1):
-            zb, valid_b = jax.lax.ppermute((zb, valid_b), axes, ring)
-            total += _siglip_block_sum(za, zb, t, b, valid_a, valid_b, diagonal=False)
-        total = jax.lax.psum(total, axes)
-        count = jax.lax.psum(jnp.sum(valid_a), axes)
-        return -total / jnp.maximum(count, 1)
-
-    rows = P(axes)
-    return jax.shard_map(local, in_specs=(rows, rows, rows, rows, P(), P()), out_specs=P(),
-                         check_vma=False)(za, zb, valid, valid, logit_scale, logit_bias)
+    return _on_batch_shards(_siglip_local, axes, za, zb, valid, logit_scale, logit_bias)
 
 
-def infonce_loss_chunked(za, zb, logit_scale, valid):
-    """`infonce_loss` on a sharded batch. Each device keeps its a-rows and sends its b-chunk around
-    the ring. A visiting block [local a x visiting b] adds to two running logsumexps: the local
-    rows' (a -> b) and the visiting columns' (b -> a), which travels with its chunk. After n-1
-    hops one more hop brings every column's logsumexp back to the device that owns it."""
+def _infonce_local(axes, za, zb, valid, t):
+    (zb_all, valid_all), first = _gather(axes, zb, valid)
+    logits = _infonce_logits(za, zb_all, clamped_scale(t), valid, valid_all)      # [b_local, b]
+    rows = jnp.arange(za.shape[0])
+    positive = logits[rows, first + rows]
+    a_to_b = jax.nn.logsumexp(logits, axis=1) - positive
+    # b -> a: a column's logsumexp runs over the rows of every device. Shift each column by its
+    # max over all devices, sum exp over the local rows, and reduce-scatter the sums: each device
+    # gets the full sums of its own columns (those of its own rows' positives).
+    top = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=0)), axes)
+    sums = jax.lax.psum_scatter(jnp.sum(jnp.exp(logits - top), axis=0), axes, tiled=True)
+    b_to_a = jnp.log(sums) + jax.lax.dynamic_slice_in_dim(top, first, za.shape[0]) - positive
+    total = jax.lax.psum(jnp.sum(jnp.where(valid, 0.5 * (a_to_b + b_to_a), 0.0)), axes)
+    return total / jnp.maximum(jax.lax.psum(jnp.sum(valid), axes), 1)
+
+
+def infonce_loss_sharded(za, zb, logit_scale, valid):
+    """`infonce_loss` on a batch sharded over the mesh's batch axes: each device scores its a-rows
+    against every b (gathered), which gives the a -> b terms of its rows; the b -> a terms' column
+    sums come home with one reduce-scatter. Every similarity is computed once."""
     axes = batch_mesh_axes()
     if not axes:
         return infonce_loss(za, zb, logit_scale, valid)
-    shards, ring = _ring(axes)
-
-    def local(za, zb, valid_a, valid_b, t):
-        scale = jnp.exp(t)
-        own = _infonce_logits(za, zb, scale, valid_a, valid_b)
-        diagonal = jnp.diagonal(own)
-        rows_lse = jax.nn.logsumexp(own, axis=1)
-        cols_lse = jax.nn.logsumexp(own, axis=0)
-        for _ in range(shards - 1):
-            zb, valid_b, cols_lse = jax.lax.ppermute((zb, valid_b, cols_lse), axes, ring)
-            visiting = _infonce_logits(za, zb, scale, valid_a, valid_b)
-            rows_lse = jnp.logaddexp(rows_lse, jax.nn.logsumexp(visiting, axis=1))
-            cols_lse = jnp.logaddexp(cols_lse, jax.nn.logsumexp(visiting, axis=0))
-        if shards > 1:
-            cols_lse = jax.lax.ppermute(cols_lse, axes, ring)  # home again
-        per_row = 0.5 * (rows_lse + cols_lse) - diagonal
-        total = jax.lax.psum(jnp.sum(jnp.where(valid_a, per_row, 0.0)), axes)
-        count = jax.lax.psum(jnp.sum(valid_a), axes)
-        return total / jnp.maximum(count, 1)
-
-    rows = P(axes)
-    return jax.shard_map(local, in_specs=(rows, rows, rows, rows, P()), out_specs=P(),
-                         check_vma=False)(za, zb, valid, valid, logit_scale)
+    return _on_batch_shards(_infonce_local, axes, za, zb, valid, logit_scale)

@@ -4,9 +4,10 @@ For a pair (a, b), the fused transformer sees the concatenation [CLS_a a-tokens,
 the final-normed hidden state of CLS_a goes through `itm_head` to one logit, "these belong
 together". Positives are each example's own (a, b). Negatives are hard, mined as in ALBEF (Li et
 al. 2021, section 3.2): for every a_i a b_j drawn with probability softmax_j(s_ij) over the
-contrastive similarities s_ij = exp(t) za_i.zb_j, and for every b_i an a_j the same way. A
-candidate whose content equals the positive's (j = i, or an identical caption) is never drawn.
-The loss is binary cross-entropy over positives and negatives:
+contrastive similarities s_ij = exp(t) za_i.zb_j (t clamped as omni.contrastive.clamped_scale
+does), and for every b_i an a_j the same way. A candidate whose content equals the positive's
+(j = i, or an identical caption) is never drawn. The loss is binary cross-entropy over positives
+and negatives:
     L = (sum_pos softplus(-l) + sum_neg softplus(l)) / (n_pos + n_neg)
 (softplus(-l) = -log sigmoid(l)). Rows where a or b is absent score nothing. With
 loss.itm.rows > 0 the passes run on that many of the pair's co-occurring rows (`pack_rows`), not
@@ -14,10 +15,10 @@ on the whole batch: in a mixture of modalities a pair co-occurs in only part of 
 
 Sampling is the Gumbel-max trick, argmax_j (s_ij + g_ij), with g_ij drawn from a key folded with
 the GLOBAL indices (i, j): the draw does not depend on how the batch is sharded. On a sharded
-batch the candidates' embeddings and tokens travel around the device ring (shard_map + ppermute,
-as the chunked SigLIP loss does); each device keeps, per local row, the best candidate so far and
-its tokens. Per device that is one local x local score block and the local candidates' tokens
-at a time, as for the chunked SigLIP loss: nothing grows with the global batch.
+batch each device all-gathers the candidates' embeddings, fingerprints and ids (small), scores its
+own queries against all of them (b_local x b: the O(batch^2) scores still fall as 1/devices) and
+fetches only the winners' tokens, with two all-to-alls (`_take_rows`). The program holds the same
+collectives on any number of devices; whole token sequences never circle the devices.
 """
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from omni.contrastive import clamped_scale
 from omni.modalities.registry import itm_pairs
 from omni.parallel import batch_mesh_axes, batch_shards
 
@@ -82,53 +84,57 @@ class Candidates(NamedTuple):
     ids: jax.Array
 
 
-def _nothing_picked(queries, candidates):
-    """The running best before any candidate: score -inf, index 0, empty tokens."""
-    n = queries.z.shape[0]
-    return (jnp.full(n, -jnp.inf), jnp.zeros(n, jnp.int32),
-            jnp.zeros((n,) + candidates.tokens.shape[1:], candidates.tokens.dtype),
-            jnp.zeros((n,) + candidates.valid.shape[1:], candidates.valid.dtype))
+def _gather_candidates(candidates: Candidates, axes):
+    """Every device's candidates' embeddings, fingerprints, drawable bits and ids (no tokens)."""
+    small = (candidates.z, candidates.fingerprint, candidates.ok, candidates.ids)
+    return small if not axes else [jax.lax.all_gather(x, axes, tiled=True) for x in small]
 
 
-def _pick(best, scores, tokens, valid):
-    """Fold one block of candidates into the running best (score, index, tokens, token-valid)."""
-    score, index, best_tokens, best_valid = best
-    j = jnp.argmax(scores, axis=1)
-    top = jnp.take_along_axis(scores, j[:, None], axis=1)[:, 0]
-    better = top > score
-    pick = lambda new, old: jnp.where(better.reshape((-1,) + (1,) * (old.ndim - 1)), new, old)  # noqa: E731
-    return (jnp.where(better, top, score), pick(j, index), pick(tokens[j], best_tokens), pick(valid[j], best_valid))
+def _take_rows(x, picks, axes, shards):
+    """x[picks] for x sharded by rows over `axes` and picks (global row indices) sharded likewise.
+    The first all-to-all re-splits x by features instead of rows (each device then holds every
+    row's 1/shards slice of its features: as many bytes as its own rows), each device takes the
+    rows picked by every device's queries from its slice, and the second all-to-all sends each
+    query's picked row, whole again, to the device that asked. Each device's x leaves it once (a
+    ring sent it once per hop), and no device holds more than its share of x at a time."""
+    if not axes:
+        return x[picks]
+    dtype = x.dtype
+    flat = x.reshape(x.shape[0], -1).astype(jnp.int8 if dtype == jnp.bool_ else dtype)
+    width = flat.shape[1]
+    flat = jnp.pad(flat, ((0, 0), (0, -width % shards)))
+    columns = jax.lax.all_to_all(flat, axes, split_axis=1, concat_axis=0, tiled=True)
+    taken = columns[jax.lax.all_gather(picks, axes, tiled=True)]
+    rows = jax.lax.all_to_all(taken, axes, split_axis=0, concat_axis=1, tiled=True)[:, :width]
+    return rows.reshape(picks.shape + x.shape[1:]).astype(dtype)
 
 
-def _draw_around_ring(queries, candidates, scale, key, axes=(), shards=1):
-    """Every block of candidates visits the queries once (passed around the ring of `shards`
-    devices when sharded); the best s_ij + g_ij wins."""
-    ring = [(i, (i + 1) % shards) for i in range(shards)]
-    best = _nothing_picked(queries, candidates)
-    chosen = jnp.zeros(queries.z.shape[0], jnp.int32)
-    visiting = candidates
-    for step in range(shards):
-        if step:
-            visiting = jax.lax.ppermute(visiting, axes, ring)
-        scores = _block_scores(queries.z, visiting.z, scale, key, queries.ids, visiting.ids,
-                               queries.fingerprint, visiting.fingerprint, queries.ok, visiting.ok)
-        before = best[0]
-        best = _pick(best, scores, visiting.tokens, visiting.valid)
-        chosen = jnp.where(best[0] > before, visiting.ids[best[1]], chosen)
-    return best[2], best[3], jnp.isfinite(best[0]), chosen
+def _draw(queries, candidates, scale, key, axes=(), shards=1):
+    """Each query's best s_ij + g_ij over every candidate of the batch (gathered from all devices
+    when sharded: embeddings and ids only), then the winners' tokens."""
+    z, fingerprint, ok, ids = _gather_candidates(candidates, axes)
+    scores = _block_scores(queries.z, z, scale, key, queries.ids, ids, queries.fingerprint, fingerprint,
+                           queries.ok, ok)
+    picks = jnp.argmax(scores, axis=1)
+    found = jnp.isfinite(jnp.max(scores, axis=1))
+    tokens = _take_rows(candidates.tokens, picks, axes, shards)
+    valid = _take_rows(candidates.valid, picks, axes, shards)
+    nothing = jnp.logical_not(found).reshape((-1,) + (1,) * (tokens.ndim - 1))
+    return jnp.where(nothing, 0, tokens), valid & found[:, None], found, ids[picks]
 
 
 def sample_negatives(queries: Queries, candidates: Candidates, scale, key):
     """For every query i: the tokens of a candidate j drawn ~ softmax_j(scale z_i.z_j) among the
     allowed j (ok, fingerprint differs from the query's). Returns (tokens [Q, L, D], token-valid
-    [Q, L], found [Q]: a candidate existed, chosen global id [Q]). On a batch sharded over the
-    mesh's batch axes the candidates circle the ring, and the draw equals the unsharded one (the
-    same Gumbel noise per global (i, j))."""
+    [Q, L] (empty where nothing was found), found [Q]: a candidate existed, chosen global id [Q]).
+    On a batch sharded over the mesh's batch axes each device scores its queries against every
+    candidate (b_local x b scores) and fetches only the winners' tokens; the draw equals the
+    unsharded one (the same Gumbel noise per global (i, j), the same argmax)."""
     axes = batch_mesh_axes()
     if not axes:
-        return _draw_around_ring(queries, candidates, scale, key)
+        return _draw(queries, candidates, scale, key)
     spec = P(axes)
-    draw = functools.partial(_draw_around_ring, axes=axes, shards=batch_shards())
+    draw = functools.partial(_draw, axes=axes, shards=batch_shards())
     return jax.shard_map(draw, in_specs=(Queries(*[spec] * 4), Candidates(*[spec] * 6), P(), P()),
                          out_specs=(spec,) * 4, check_vma=False)(queries, candidates, scale, key)
 
@@ -185,7 +191,7 @@ def matching_losses(model, batch, embeddings, rng, config, pairs=None) -> dict[s
         ids = jax.lax.bitcast_convert_type(batch["example_id"], jnp.int32)
     else:
         ids = jnp.arange(batch[f"{names[0]}/present"].shape[0], dtype=jnp.int32) if names else None
-    scale = jax.lax.stop_gradient(jnp.exp(model.logit_scale[...]))
+    scale = jax.lax.stop_gradient(clamped_scale(model.logit_scale[...]))
     rows = int(config.loss.itm.get("rows", 0))
     losses = {}
     for index, a, b in pairs:

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from omni import matching
-from omni.contrastive import infonce_loss_chunked, siglip_loss_chunked
+from omni.contrastive import infonce_loss_sharded, siglip_loss_sharded
 from omni.modalities import registry
 from omni.parallel import batch_shards
 from omni.sub_batches import as_sub_batches, concat_rows, holding, modality_inputs, same_shapes, split_rows
@@ -75,9 +75,9 @@ def contrastive_losses(model, batch, config, embeddings=None):
     for a, b in cooccurring_pairs(model, batch):
         za, zb, valid = pair_rows(batch, embeddings, a, b, shards)
         if kind == "siglip":
-            loss = siglip_loss_chunked(za, zb, model.logit_scale[...], model.logit_bias[...], valid)
+            loss = siglip_loss_sharded(za, zb, model.logit_scale[...], model.logit_bias[...], valid)
         else:
-            loss = infonce_loss_chunked(za, zb, model.logit_scale[...], valid)
+            loss = infonce_loss_sharded(za, zb, model.logit_scale[...], valid)
         losses[f"{a}-{b}"] = (loss, jnp.any(valid))
     return losses
 

@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from omni.contrastive import infonce_loss, siglip_loss
+from omni.contrastive import MAX_LOG_SCALE, infonce_loss, siglip_loss
 from omni.objectives import safe_mean
 
 
@@ -58,6 +58,19 @@ def test_no_valid_pair_gives_exact_zero_and_zero_gradient():
         value, grad = jax.value_and_grad(loss_fn)(za)
         assert float(value) == 0.0
         assert float(jnp.abs(grad).max()) == 0.0
+
+
+def test_logit_scale_is_clamped_at_100_as_in_clip():
+    """Above log(100) the loss is the loss at log(100), and t gets no gradient; below, it does."""
+    rng = np.random.default_rng(3)
+    za, zb = jnp.asarray(_unit_rows(rng, 4, 3)), jnp.asarray(_unit_rows(rng, 4, 3))
+    valid = jnp.ones(4, bool)
+    assert MAX_LOG_SCALE == math.log(100.0)
+    t = jnp.float32([math.log(100.0), math.log(100.0) + 1.0, math.log(50.0)])
+    for loss_fn in (lambda t: siglip_loss(za, zb, t, -10.0, valid), lambda t: infonce_loss(za, zb, t, valid)):
+        (at_clamp, above, below), (_, grad_above, grad_below) = jax.jit(jax.vmap(jax.value_and_grad(loss_fn)))(t)
+        assert float(above) == float(at_clamp) and float(grad_above) == 0.0
+        assert float(below) != float(at_clamp) and float(grad_below) != 0.0
 
 
 def test_safe_mean():
