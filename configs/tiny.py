@@ -27,7 +27,12 @@ def get_config():
         # or the accelerator's spec sheet figure (e.g. 989e12 for an H100's dense bf16)
         peak_flops_per_device=0.0,
     ))
-    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    # data x fsdp x tensor = the devices (-1: the rest). dcn_data / dcn_fsdp: how many of the data /
+    # fsdp positions lie across processes (nodes) or TPU slices, on the slow network; the rest stay
+    # within one (NVLink, ICI). allow_replication: let a parameter whose dimension does not divide
+    # its mesh axes be copied on every device of them (listed with its bytes); off: refused.
+    c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1, dcn_data=1, dcn_fsdp=1,
+                                            allow_replication=False))
 
     c.model = ml_collections.ConfigDict(dict(
         width=128, depth=4, heads=4, mlp_ratio=4, embed_dim=128,
@@ -90,7 +95,10 @@ def get_config():
         mixture="",
         rows_multiple=0,         # rows per set come in multiples of this; 0 = auto (4 at batch 64;
                                  # set it to the batch shards when they are more, e.g. 8 devices)
-        num_threads=2, prefetch=4,
+        # worker processes that decode and build batches (grain); 0 = threads of the training
+        # process (data.num_threads), -1 = one per host core but one. Raise it where decoding
+        # cannot keep up with the step (`omni bench --pipeline-batches N` says so)
+        workers=0, num_threads=2, prefetch=4,
     ))
     c.eval = ml_collections.ConfigDict(dict(
         split="test", batch_size=128, max_examples=1000,

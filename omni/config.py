@@ -21,8 +21,6 @@ REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_CONFIG = "tiny.py"
 
 
-
-
 def resolve_config_path(path: str | None) -> Path:
     """`None` -> configs/tiny.py; a bare name like `base` or `base.py` -> configs/base.py."""
     if path is None:
@@ -112,8 +110,20 @@ def _parse_like(raw: str, current):
 # The mesh: its shape from the config and the devices present.
 # ----------------------------------------------------------------------------------------------
 
-def resolve_mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
-    """(data, fsdp, tensor) with one -1 replaced by the remaining devices."""
+class MeshShape(tuple):
+    """The (data, fsdp, tensor) sizes of the mesh, compared and unpacked as a plain tuple, and
+    `.dcn`: how many positions of each axis lie across processes or TPU slices (mesh.dcn_data,
+    mesh.dcn_fsdp; tensor parallelism stays within one). omni.parallel.make_mesh reads both."""
+
+    def __new__(cls, sizes, dcn=(1, 1, 1)):
+        shape = super().__new__(cls, sizes)
+        shape.dcn = tuple(dcn)
+        return shape
+
+
+def resolve_mesh_shape(config, num_devices: int) -> MeshShape:
+    """(data, fsdp, tensor) with one -1 replaced by the remaining devices; `.dcn` from
+    mesh.dcn_data and mesh.dcn_fsdp, each dividing its axis."""
     sizes = [int(config.mesh.data), int(config.mesh.fsdp), int(config.mesh.tensor)]
     names = ["mesh.data", "mesh.fsdp", "mesh.tensor"]
     if sizes.count(-1) > 1:
@@ -135,7 +145,12 @@ def resolve_mesh_shape(config, num_devices: int) -> tuple[int, int, int]:
         raise ConfigError(
             f"mesh {'x'.join(map(str, sizes))} uses {total} of the {num_devices} devices; use them all "
             "(set one axis to -1)")
-    return tuple(sizes)
+    dcn = [config.mesh.get("dcn_data", 1), config.mesh.get("dcn_fsdp", 1)]
+    for name, across, size in zip(("data", "fsdp"), dcn, sizes):
+        if not isinstance(across, int) or across < 1 or size % across:
+            raise ConfigError(f"mesh.dcn_{name}={across!r}: the part of mesh.{name}={size} across processes "
+                              f"must be a whole number >= 1 that divides it")
+    return MeshShape(sizes, (*dcn, 1))
 
 
 def to_json(config) -> str:

@@ -10,7 +10,7 @@ from omni.modalities import registry
 
 def validate(config, num_devices: int) -> None:
     """Raise ConfigError (one line) for any config that cannot work."""
-    data, fsdp, _ = config_lib.resolve_mesh_shape(config, num_devices)
+    data, fsdp, tensor = config_lib.resolve_mesh_shape(config, num_devices)
     batch = int(config.train.batch_size)
     if batch <= 0:
         raise ConfigError(f"train.batch_size={batch} must be positive")
@@ -21,6 +21,7 @@ def validate(config, num_devices: int) -> None:
     if config.model.width % config.model.heads:
         raise ConfigError(
             f"model.width={config.model.width} is not divisible by model.heads={config.model.heads}")
+    validate_sharding(config, fsdp, tensor)
     for name in config.modalities:
         if name not in registry.MODALITIES:
             raise ConfigError(
@@ -69,6 +70,31 @@ def validate(config, num_devices: int) -> None:
                           f"train.batch_size={batch} (rows per modality set come in multiples of it)")
     if config.train.steps < 1:
         raise ConfigError(f"train.steps={config.train.steps} must be at least 1")
+
+
+def validate_sharding(config, fsdp: int, tensor: int) -> None:
+    """The model's main sizes divide the mesh axes that shard them (omni.parallel.AXIS_RULES), so
+    that no parameter is silently copied whole on every device of an axis (base's 12 heads on
+    mesh.tensor=8 were). Named by config key here; omni.parallel.parameter_specs checks every
+    parameter by name when the shardings are built. mesh.allow_replication=true accepts it."""
+    if config.mesh.get("allow_replication", False):
+        return
+    m = config.model
+    sizes = [("model.heads", m.heads, "mesh.tensor", tensor, "the attention weights"),
+             ("model.width", m.width, "mesh.fsdp", fsdp, "the weights of the width"),
+             ("model.width*model.mlp_ratio", m.width * m.mlp_ratio, "mesh.tensor*mesh.fsdp", tensor * fsdp,
+              "the MLP biases"),
+             ("model.embed_dim", m.embed_dim, "mesh.fsdp", fsdp, "the contrastive projections")]
+    if "text" in config.modalities:
+        sizes.append(("modalities.text.vocab_size", config.modalities.text.vocab_size, "mesh.tensor*mesh.fsdp",
+                      tensor * fsdp, "the token embedding and the vocabulary bias"))
+    if m.get("mae", False) and m.get("decoder_width", 0):
+        sizes.append(("model.decoder_width", m.decoder_width, "mesh.fsdp", fsdp, "the MAE decoder's weights"))
+    for key, size, axes, shards, what in sizes:
+        if size % shards:
+            raise ConfigError(f"{key}={size} is not divisible by {axes}={shards}: {what} would be copied whole "
+                              "on every device of the axis; choose mesh sizes that divide it, or set "
+                              "mesh.allow_replication=true")
 
 
 def validate_mae(config) -> None:

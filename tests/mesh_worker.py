@@ -1,14 +1,18 @@
 """Runs a few train steps of the small test model on each mesh given as DATAxFSDPxTENSOR, in its
 own process (so that XLA_FLAGS can set the number of CPU devices), and prints one JSON object:
-per mesh (matching objective on), the losses and the per-device bytes of params + optimizer state of the compiled step.
+per mesh (matching objective on), the losses, the per-device bytes of params + optimizer state of
+the compiled step, and its collectives that cross processes (omni.bench.plan). A mesh written
+DATAxFSDPxTENSOR:DCN_DATAxDCN_FSDP is hybrid: the devices are grouped as that many processes would
+hold them (omni.parallel.hybrid_device_grid).
 
-    python -m tests.mesh_worker STEPS 8x1x1 1x8x1 ..."""
+    python -m tests.mesh_worker STEPS 8x1x1 1x8x1 2x4x1:2x1 ..."""
 import json
 import sys
 
 import jax
 
 from omni import config as config_lib, parallel
+from omni.bench.plan import collectives_report
 from omni.data import pipeline
 from omni.data.records import open_split
 from omni.modalities.text import BPETokenizer
@@ -18,8 +22,11 @@ from tests.conftest import SMALL
 
 
 def run(steps: int, shape: str) -> dict:
-    data, fsdp, tensor = shape.split("x")
+    sizes, _, dcn = shape.partition(":")
+    data, fsdp, tensor = sizes.split("x")
+    dcn_data, dcn_fsdp = dcn.split("x") if dcn else (1, 1)
     overrides = [f"--config.mesh.data={data}", f"--config.mesh.fsdp={fsdp}", f"--config.mesh.tensor={tensor}",
+                 f"--config.mesh.dcn_data={dcn_data}", f"--config.mesh.dcn_fsdp={dcn_fsdp}",
                  # matching on: its rows are packed per shard and its hard negatives are mined
                  # around the device ring, and neither may depend on the mesh (rows = the batch:
                  # no shard holds more pairs than its share)
@@ -28,7 +35,8 @@ def run(steps: int, shape: str) -> dict:
                  "--config.train.batch_size=16", "--config.data.mixture=image+text=8,text=8"]
     config = config_lib.load_config(None, SMALL + overrides)
     validate(config, jax.device_count())
-    mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
+    mesh_shape = config_lib.resolve_mesh_shape(config, jax.device_count())
+    mesh = parallel.make_mesh(mesh_shape)
     source = open_split(pipeline.resolve_data_dir(config), "train")
     assets = {"tokenizer": BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)}
     setup = build_setup(config, mesh)
@@ -53,7 +61,9 @@ def run(steps: int, shape: str) -> dict:
             state, metrics = jax.block_until_ready(compiled(state, batch, setup.step_args))
             losses.append(float(metrics["loss"]))
     return {"losses": losses, "state_bytes_per_device": state_bytes,
-            "compiled_argument_bytes": argument_bytes, "devices": jax.device_count()}
+            "compiled_argument_bytes": argument_bytes, "devices": jax.device_count(),
+            "process_of_each_device": parallel.granule_of_each_device(mesh, mesh_shape.dcn),
+            "collectives": collectives_report(compiled.as_text(), mesh, mesh_shape.dcn)["collectives"]}
 
 
 if __name__ == "__main__":

@@ -57,11 +57,37 @@ def test_bad_overrides(override, message):
     (["--config.loss.itm.rows=100"], 1, "loss.itm.rows=100"),                        # over the batch of 64
     (["--config.loss.itm.rows=6", "--config.mesh.data=4"], 4, "loss.itm.rows=6"),     # 6 rows on 4 shards
     (["--config.data.group_size=-2"], 1, "data.group_size=-2"),
+    # parameters the mesh would copy whole on every device of an axis (tiny: width 128, 4 heads)
+    (["--config.mesh.data=1", "--config.mesh.tensor=8"], 8, r"model.heads=4 is not divisible by mesh.tensor=8"),
+    (["--config.mesh.data=1", "--config.mesh.fsdp=256", "--config.train.batch_size=256"], 256,
+     r"model.width=128 is not divisible by mesh.fsdp=256"),
+    (["--config.mesh.data=1", "--config.mesh.tensor=2", "--config.mesh.fsdp=4",
+      "--config.modalities.text.vocab_size=1020"], 8, r"modalities.text.vocab_size=1020 is not divisible by mesh.tensor\*mesh.fsdp=8"),
+    (["--config.mesh.dcn_data=3"], 8, r"mesh.dcn_data=3: the part of mesh.data=8 across processes"),
+    (["--config.mesh.fsdp=2", "--config.mesh.dcn_fsdp=0"], 8, r"mesh.dcn_fsdp=0"),
 ])
 def test_validation_errors(overrides, devices, message):
     config = load_config(None, overrides)
     with pytest.raises(ConfigError, match=message):
         validate(config, devices)
+
+
+def test_base_heads_on_tensor_8_are_refused_in_one_line_unless_replication_is_allowed():
+    """base's 12 heads on mesh.tensor=8 once ran with the attention weights copied on every device."""
+    mesh = ["--config.mesh.data=1", "--config.mesh.tensor=8"]
+    with pytest.raises(ConfigError) as refused:
+        validate(load_config("base", mesh), 8)
+    assert str(refused.value) == (
+        "model.heads=12 is not divisible by mesh.tensor=8: the attention weights would be copied whole on every "
+        "device of the axis; choose mesh sizes that divide it, or set mesh.allow_replication=true")
+    validate(load_config("base", [*mesh, "--config.mesh.allow_replication=true"]), 8)
+
+
+def test_mesh_shape_carries_the_axes_across_processes():
+    config = load_config(None, ["--config.mesh.data=2", "--config.mesh.fsdp=-1", "--config.mesh.dcn_data=2"])
+    shape = resolve_mesh_shape(config, 8)
+    assert shape == (2, 4, 1) and shape.dcn == (2, 1, 1)
+    assert resolve_mesh_shape(load_config(None), 8).dcn == (1, 1, 1)
 
 
 def test_unknown_modality():
