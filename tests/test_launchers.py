@@ -1,7 +1,10 @@
 """TPU VM and JobSet launchers (omni.launchers): what `--print` shows is what would run, and the
 checked-in launch/jobset.yaml is the generator's output. (No TPU or Kubernetes here: these check the
-generated commands and manifests, not a launch.)"""
+generated commands and manifests, not a launch.) And the XLA GPU flags launch/slurm.sbatch sets."""
+import os
 import shlex
+import subprocess
+import sys
 
 import yaml
 
@@ -34,7 +37,7 @@ def test_jobset_manifest_wires_omnis_coordinator_variables(capsys):
     assert env["OMNI_NUM_PROCESSES"]["value"] == "4"
     assert "job-completion-index" in env["OMNI_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     source = (REPO / "omni" / "parallel.py").read_text()
-    assert all(f'"{name}"' in source for name in env), "the variables omni.parallel reads"
+    assert all(f'"{name}"' in source for name in env if name != "XLA_FLAGS"), "the variables omni.parallel reads"
 
 
 def test_checked_in_jobset_yaml_is_the_generators_output(capsys):
@@ -44,3 +47,53 @@ def test_checked_in_jobset_yaml_is_the_generators_output(capsys):
     split = args.index("--")
     assert main([*args[:split], "--print", *args[split:]]) == 0
     assert text.endswith(capsys.readouterr().out)
+
+
+def sbatch_gpu_flag_block() -> list[str]:
+    text = (REPO / "launch" / "slurm.sbatch").read_text()
+    return [line.strip() for line in text.split("gpu_xla_flags=(\n", 1)[1].split("\n)\n", 1)[0].splitlines()]
+
+
+def test_gpu_overlap_flags_are_commented_and_known_to_this_xla():
+    """launch/slurm.sbatch sets omni.parallel.GPU_XLA_FLAGS, each under a comment saying what it
+    does, and XLA accepts every one (it aborts on a flag it does not know: the misspelt control)."""
+    from omni.parallel import GPU_XLA_FLAGS
+    lines = sbatch_gpu_flag_block()
+    flags = [line for line in lines if line.startswith("--")]
+    assert flags == [flag for flag, _ in GPU_XLA_FLAGS]
+    assert all(what for _, what in GPU_XLA_FLAGS)
+    for i, line in enumerate(lines):
+        if line.startswith("--"):
+            assert lines[i - 1].startswith(("#", "--")) and lines[0].startswith("#"), line
+    check = [sys.executable, "-c", "import jax; jax.devices()"]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    known = subprocess.run(check, env={**env, "XLA_FLAGS": " ".join(flags)}, capture_output=True, text=True)
+    assert known.returncode == 0, known.stderr[-2000:]
+    misspelt = subprocess.run(check, env={**env, "XLA_FLAGS": flags[0].replace("scheduler", "schedular")},
+                              capture_output=True, text=True)
+    assert misspelt.returncode != 0 and "schedular" in misspelt.stderr
+
+
+def test_slurm_sets_the_gpu_flags_only_where_the_job_has_gpus(tmp_path):
+    """The batch script with a stand-in srun that prints the XLA_FLAGS its tasks would get."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "venv" / "bin").mkdir(parents=True)
+    for path, body in ((tmp_path / "bin" / "srun", 'echo "XLA_FLAGS=${XLA_FLAGS:-}"'),
+                       (tmp_path / "venv" / "bin" / "omni", "exit 0")):
+        path.write_text(f"#!/usr/bin/env bash\n{body}\n")
+        path.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", OMNI_VENV=str(tmp_path / "venv"), SLURM_JOB_ID="7",
+               XLA_FLAGS="--xla_gpu_enable_pipelined_all_reduce=false")
+
+    def tasks_flags(**extra) -> str:
+        out = subprocess.run(["bash", str(REPO / "launch" / "slurm.sbatch"), "--config", "configs/base.py"],
+                             env={**env, **extra}, capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.strip().removeprefix("XLA_FLAGS=")
+
+    assert tasks_flags() == "--xla_gpu_enable_pipelined_all_reduce=false"   # a CPU job: unchanged
+    on_gpus = tasks_flags(SLURM_GPUS_ON_NODE="8").split()
+    assert on_gpus[:-1] == [line for line in sbatch_gpu_flag_block() if line.startswith("--")]
+    assert on_gpus[-1] == "--xla_gpu_enable_pipelined_all_reduce=false"   # the caller's own flags come last and win
+    assert tasks_flags(SLURM_GPUS_ON_NODE="8", OMNI_GPU_XLA_FLAGS="0") == "--xla_gpu_enable_pipelined_all_reduce=false"
