@@ -38,6 +38,8 @@ def test_jobset_manifest_wires_omnis_coordinator_variables(capsys):
     assert "job-completion-index" in env["OMNI_PROCESS_ID"]["valueFrom"]["fieldRef"]["fieldPath"]
     source = (REPO / "omni" / "parallel.py").read_text()
     assert all(f'"{name}"' in source for name in env if name != "XLA_FLAGS"), "the variables omni.parallel reads"
+    from omni.parallel import GPU_XLA_FLAGS   # a GPU pod gets XLA's collective overlap flags
+    assert env["XLA_FLAGS"]["value"].split() == [flag for flag, _ in GPU_XLA_FLAGS]
 
 
 def test_checked_in_jobset_yaml_is_the_generators_output(capsys):

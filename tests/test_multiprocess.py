@@ -29,9 +29,12 @@ def assert_close(got: dict, want: dict, steps):
 
 
 def test_two_processes_match_one_and_resume_on_another_mesh(tmp_path):
+    """The two processes on a hybrid mesh (omni.parallel.hybrid_device_grid): data parallel across
+    them (mesh.dcn_data=2), FSDP and tensor parallel within each."""
     two = tmp_path / "two_processes"
+    hybrid = [*mesh_args(2, 2, 2), "--config.mesh.dcn_data=2"]
     out = subprocess.run([str(REPO / "launch" / "local.sh"), "2", "--devices", "8", "--",
-                          *omni_command("train", "--workdir", str(two), *RUN, *mesh_args(2, 2, 2))],
+                          *omni_command("train", "--workdir", str(two), *RUN, *hybrid)],
                          capture_output=True, text=True, timeout=600, cwd=REPO,
                          env=dict(os.environ, XLA_FLAGS=PATIENT))
     assert out.returncode == 0, out.stderr[-3000:]

@@ -116,12 +116,14 @@ def _set_path(tree: dict, path, value) -> None:
     tree[path[-1]] = value
 
 
-def param_shardings(abstract_state, mesh) -> dict:
-    """Pure dict (same structure as the params) of NamedShardings from each Param's logical names."""
+def param_shardings(abstract_state, mesh, allow_replication: bool = False) -> dict:
+    """Pure dict (same structure as the params) of NamedShardings from each Param's logical names;
+    ConfigError for a parameter the mesh would replicate, unless allow_replication (then listed)."""
+    params = [(path, var.get_metadata().get("out_sharding") or (None,) * len(var.shape), var.shape, var.dtype)
+              for path, var in nnx.to_flat_state(abstract_state)]
     out: dict = {}
-    for path, var in nnx.to_flat_state(abstract_state):
-        names = var.get_metadata().get("out_sharding") or (None,) * len(var.shape)
-        _set_path(out, path, NamedSharding(mesh, parallel.logical_to_spec(names, var.shape, mesh)))
+    for path, spec in parallel.parameter_specs(params, mesh, allow_replication).items():
+        _set_path(out, path, NamedSharding(mesh, spec))
     return out
 
 
@@ -265,7 +267,7 @@ def build_setup(config, mesh) -> Setup:
     config = layer_loop_config(config, mesh)
     abstract_model = nnx.eval_shape(lambda: Omni(config, nnx.Rngs(params=0)))
     graphdef, abstract_vars = nnx.split(abstract_model)
-    shardings = param_shardings(abstract_vars, mesh)
+    shardings = param_shardings(abstract_vars, mesh, bool(config.mesh.get("allow_replication", False)))
     abstract_params = nnx.to_pure_dict(abstract_vars)
     lr_multipliers = mup_learning_rate_multipliers(config, abstract_params)
     tx = make_optimizer(config, lr_multipliers)
