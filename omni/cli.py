@@ -255,7 +255,7 @@ def _print(result: dict) -> int:
 
 def _train(args, overrides) -> int:
     config = load_config(args.config, overrides)
-    workdir = Path(args.workdir or Path("runs") / config.name)
+    workdir = args.workdir or str(Path("runs") / config.name)  # a string: gs:// and s3:// stay URLs
     try:
         metrics = train(config, workdir, evaluator=PeriodicEvaluator())
     except Preempted as e:

@@ -84,18 +84,16 @@ class AppendedText:
 
 def files_under(folder) -> list[str]:
     """The relative names ("a/b.txt") of the files under `folder`, local or on an object store,
-    sorted. (epath has no recursive glob on object stores; its walk lists prefix by prefix.)"""
-    if is_remote(folder):
-        top = os.fspath(folder).rstrip("/")
-        walked = ((os.fspath(root), files) for root, _, files in epath.Path(top).walk())
-    else:
+    sorted. (On a store, fsspec's find lists them all at once; epath has no recursive glob there,
+    and its walk hands s3fs an argument it refuses in etils 1.15.)"""
+    if not is_remote(folder):
         top = os.fspath(folder)
-        walked = ((root, files) for root, _, files in os.walk(top))
-    names = []
-    for root, files in walked:
-        prefix = root[len(top):].strip("/")
-        names += [f"{prefix}/{name}" if prefix else name for name in files]
-    return sorted(names)
+        return sorted(os.path.relpath(os.path.join(root, name), top).replace(os.sep, "/")
+                      for root, _, files in os.walk(top) for name in files)
+    import fsspec  # deferred: only object stores need it (epath imports it for them too)
+
+    filesystem, top = fsspec.core.url_to_fs(os.fspath(folder).rstrip("/"))
+    return sorted(found[len(top):].lstrip("/") for found in filesystem.find(top))
 
 
 def copy_folder(source, target, last: str | None = None) -> None:

@@ -3,17 +3,19 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import jax
 import numpy as np
 
+from omni import storage
 
-def write_result(workdir, name: str, result: dict, step=None) -> Path:
+
+def write_result(workdir, name: str, result: dict, step=None):
     """Write result (with "step" first when given) to WORKDIR/eval/<name>.json (process 0 only);
-    returns the path. The name may only hold letters, digits, '.', '_', '-' (others become '_')."""
+    returns the path. The name may only hold letters, digits, '.', '_', '-' (others become '_').
+    workdir: local, gs:// or s3:// (omni.storage)."""
     safe = re.sub(r"[^A-Za-z0-9._-]", "_", name) or "result"
-    path = Path(workdir) / "eval" / f"{safe}.json"
+    path = storage.path(workdir) / "eval" / f"{safe}.json"
     if jax.process_index() == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"step": int(step), **result} if step is not None else result

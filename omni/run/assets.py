@@ -7,12 +7,11 @@ and broadcast, so every process of a multi-host run holds exactly the same vocab
 from __future__ import annotations
 
 import json
-import os
 import sys
-from pathlib import Path
 
 import jax
 
+from omni import storage
 from omni.checkpoint import Checkpoints
 from omni.data import pipeline
 from omni.modalities import registry
@@ -27,32 +26,31 @@ def log(message: str) -> None:
         print(message, file=sys.stderr, flush=True)
 
 
-def load_or_train_tokenizer(config, workdir: Path, checkpoints: Checkpoints | None, source) -> BPETokenizer:
+def load_or_train_tokenizer(config, workdir, checkpoints: Checkpoints | None, source) -> BPETokenizer:
     """The run's tokenizer: from the newest checkpoint, else workdir/tokenizer.json, else the
     bundle named by init_from, else trained on the training corpus by process 0 and broadcast,
-    so every process of a multi-host run holds exactly the same vocabulary."""
+    so every process of a multi-host run holds exactly the same vocabulary. workdir and
+    init_from: local paths or gs:// / s3:// (omni.storage)."""
     if checkpoints is not None and checkpoints.latest_step() is not None:
         assets = checkpoints.restore_assets(checkpoints.latest_step())
         return BPETokenizer.from_json(assets["tokenizer"])
-    path = workdir / "tokenizer.json"
+    path = storage.path(workdir) / "tokenizer.json"
     if path.exists():
-        return BPETokenizer.load(path)
+        return BPETokenizer.from_json(path.read_text())
     if config.init_from:
-        return BPETokenizer.load(Path(config.init_from) / "tokenizer.json")
+        return BPETokenizer.from_json((storage.path(config.init_from) / "tokenizer.json").read_text())
     text = ""
     if jax.process_index() == 0:
         log("training the BPE tokenizer on the training corpus")
         tokenizer = BPETokenizer.train(pipeline.corpus_lines(source), config.modalities.text.vocab_size)
         text = tokenizer.to_json()
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        storage.write_text_atomic(path, text)
     if jax.process_count() > 1:
         text = broadcast_text(text, "tokenizer")
     return BPETokenizer.from_json(text)
 
 
-def load_or_fit_assets(config, workdir: Path, checkpoints: Checkpoints | None, source) -> tuple[dict, dict]:
+def load_or_fit_assets(config, workdir, checkpoints: Checkpoints | None, source) -> tuple[dict, dict]:
     """The run's assets -> (assets for the encoders, their JSON form saved with every checkpoint):
     the tokenizer, plus each modality's fitted asset (e.g. the smell SVD basis). Like the
     tokenizer, an asset comes from the newest checkpoint, else workdir/assets.json, else the
@@ -66,7 +64,8 @@ def _load_or_fit_modality_assets(config, workdir, checkpoints, source) -> dict:
     if checkpoints is not None and checkpoints.latest_step() is not None:
         saved = checkpoints.restore_assets(checkpoints.latest_step())
         return {k: v for k, v in saved.items() if k != "tokenizer"}
-    candidates = [workdir / ASSETS_FILE] + ([Path(config.init_from) / ASSETS_FILE] if config.init_from else [])
+    workdir = storage.path(workdir)
+    candidates = [workdir / ASSETS_FILE] + ([storage.path(config.init_from) / ASSETS_FILE] if config.init_from else [])
     for path in candidates:
         if path.exists():
             return json.loads(path.read_text())
@@ -81,9 +80,7 @@ def _load_or_fit_modality_assets(config, workdir, checkpoints, source) -> dict:
                 log(f"fitted the {name} asset on the training split")
                 fitted[name] = asset
         text = json.dumps(fitted)
-        tmp = (workdir / ASSETS_FILE).with_suffix(".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, workdir / ASSETS_FILE)
+        storage.write_text_atomic(workdir / ASSETS_FILE, text)
     if jax.process_count() > 1:
         text = broadcast_text(text, "assets")
     return json.loads(text)

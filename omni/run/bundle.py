@@ -206,13 +206,12 @@ def load_bundle(path) -> Bundle:
     for name in files:
         if not _safe_name(name) or name == MANIFEST:
             raise ValueError(f"bundle {path}: {MANIFEST} lists an invalid file name {name!r}")
-    present = set()
-    for p in path.rglob("*"):
-        rel = p.relative_to(path).as_posix()
-        if isinstance(p, Path) and p.is_symlink():  # an object store has none
-            raise ValueError(f"bundle {path}: {rel} is a symbolic link; bundles hold plain files only")
-        if p.is_file() and rel != MANIFEST:
-            present.add(rel)
+    if isinstance(path, Path):  # an object store has no symbolic links
+        for p in path.rglob("*"):
+            if p.is_symlink():
+                raise ValueError(f"bundle {path}: {p.relative_to(path).as_posix()} is a symbolic link; bundles "
+                                 "hold plain files only")
+    present = set(storage.files_under(path)) - {MANIFEST}
     missing, unlisted = sorted(set(files) - present), sorted(present - set(files))
     if missing:
         raise ValueError(f"bundle {path}: {missing[0]} is listed in {MANIFEST} but missing")

@@ -7,14 +7,13 @@ so the trainer does not depend on the tools built on top of it.
 """
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 from typing import Protocol
 
 import jax
 
-from omni import config as config_lib, parallel
+from omni import config as config_lib, parallel, storage
 from omni.checkpoint import Checkpoints
 from omni.data import pipeline
 from omni.data.records import open_split, split_names
@@ -45,8 +44,9 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
     """Train (or resume) the run in workdir; returns the last logged metrics. SIGTERM or SIGUSR1
     saves a checkpoint (at one agreed step on every process) and raises Preempted. With an
     evaluator, it runs every train.eval_every steps on the held-out split config.eval.split
-    (when the dataset has one)."""
-    workdir = Path(workdir)
+    (when the dataset has one). workdir: a local folder, gs://bucket/... or s3://bucket/...
+    (omni.storage)."""
+    workdir = storage.path(workdir)
     with Preemption() as preemption:
         parallel.maybe_initialize_distributed()  # before anything touches JAX (the logs do)
         config = set_up_mixture(config)
@@ -80,7 +80,7 @@ def set_up_mixture(config):
     return config
 
 
-def set_up_mesh(config, workdir: Path):
+def set_up_mesh(config, workdir):
     parallel.maybe_initialize_distributed()
     validate(config, jax.device_count())
     mesh = parallel.make_mesh(config_lib.resolve_mesh_shape(config, jax.device_count()))
@@ -92,19 +92,17 @@ def set_up_mesh(config, workdir: Path):
     return mesh
 
 
-def write_config(config, workdir: Path) -> None:
+def write_config(config, workdir) -> None:
     if jax.process_index() == 0:
-        # Written whole and renamed: the other processes read it at the same time (resume check).
-        tmp = workdir / f"config.json.tmp-{os.getpid()}"
-        tmp.write_text(config_lib.to_json(config))
-        os.replace(tmp, workdir / "config.json")
+        # Written whole: the other processes read it at the same time (resume check).
+        storage.write_text_atomic(workdir / "config.json", config_lib.to_json(config))
 
 
 # ==============================================================================================
 # Input pipeline and the run's assets
 # ==============================================================================================
 
-def set_up_input(config, workdir: Path):
+def set_up_input(config, workdir):
     data_dir = pipeline.resolve_data_dir(config)
     source = open_split(data_dir, "train")
     checkpoints = Checkpoints(workdir / "checkpoints", keep=int(config.train.keep_checkpoints))
@@ -112,7 +110,7 @@ def set_up_input(config, workdir: Path):
     return data_dir, source, checkpoints, assets, saved_assets
 
 
-def set_up_text_lengths(config, workdir: Path, source, assets):
+def set_up_text_lengths(config, workdir, source, assets):
     """Each sub-batch's own text length, measured with the run's tokenizer when data.text_lengths
     is empty or auto (omni.data.pipeline.with_text_lengths), and written to config.json."""
     resolved = pipeline.with_text_lengths(config, source, assets)

@@ -5,22 +5,23 @@ from __future__ import annotations
 import json
 import sys
 import time
-from pathlib import Path
-
 import jax
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress
 from rich.progress import TextColumn, TimeRemainingColumn
 
+from omni import storage
+
 
 class MetricsWriter:
-    """metrics.jsonl and TensorBoard, process 0 only."""
+    """metrics.jsonl and TensorBoard, process 0 only. On an object store, which cannot append,
+    metrics.jsonl is uploaded whole at each write (omni.storage.AppendedText)."""
 
-    def __init__(self, workdir: Path):
+    def __init__(self, workdir):
         self.enabled = jax.process_index() == 0
         if self.enabled:
             from tensorboardX import SummaryWriter  # deferred: slow to import (it pulls in protobuf)
-            self.jsonl = open(workdir / "metrics.jsonl", "a")
+            self.jsonl = storage.AppendedText(workdir / "metrics.jsonl")
             self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
 
     def write(self, step: int, metrics: dict) -> None:
