@@ -85,28 +85,34 @@ class Candidates(NamedTuple):
 
 
 def _gather_candidates(candidates: Candidates, axes):
-    """Every device's candidates' embeddings, fingerprints, drawable bits and ids (no tokens)."""
-    small = (candidates.z, candidates.fingerprint, candidates.ok, candidates.ids)
-    return small if not axes else [jax.lax.all_gather(x, axes, tiled=True) for x in small]
-
-
-def _take_rows(x, picks, axes, shards):
-    """x[picks] for x sharded by rows over `axes` and picks (global row indices) sharded likewise.
-    The first all-to-all re-splits x by features instead of rows (each device then holds every
-    row's 1/shards slice of its features: as many bytes as its own rows), each device takes the
-    rows picked by every device's queries from its slice, and the second all-to-all sends each
-    query's picked row, whole again, to the device that asked. Each device's x leaves it once (a
-    ring sent it once per hop), and no device holds more than its share of x at a time."""
+    """Every device's candidates' embeddings, fingerprints, drawable bits and ids, not their
+    tokens: two all-gathers, the integers packed into one."""
     if not axes:
-        return x[picks]
-    dtype = x.dtype
-    flat = x.reshape(x.shape[0], -1).astype(jnp.int8 if dtype == jnp.bool_ else dtype)
-    width = flat.shape[1]
+        return candidates.z, candidates.fingerprint, candidates.ok, candidates.ids
+    ints = jnp.stack([candidates.fingerprint, candidates.ok.astype(jnp.int32), candidates.ids], axis=1)
+    z, ints = (jax.lax.all_gather(x, axes, tiled=True) for x in (candidates.z, ints))
+    return z, ints[:, 0], ints[:, 1] > 0, ints[:, 2]
+
+
+def _take_rows(tokens, valid, picks, axes, shards):
+    """tokens[picks], valid[picks] for rows sharded over `axes`, picks (global row indices) sharded
+    likewise. Each row's tokens and token-valid bits travel as one flat payload. The first
+    all-to-all re-splits the payload by features instead of rows (each device then holds every
+    row's 1/shards slice: as many bytes as its own rows), each device takes the rows picked by
+    every device's queries from its slice, and the second all-to-all sends each query's picked
+    row, whole again, to the device that asked. Each device's tokens leave it once (a ring sent
+    them once per hop), and no device holds more than its share of them at a time."""
+    if not axes:
+        return tokens[picks], valid[picks]
+    rows = tokens.shape[0]
+    flat = jnp.concatenate([tokens.reshape(rows, -1), valid.reshape(rows, -1).astype(tokens.dtype)], axis=1)
+    width, split = flat.shape[1], tokens[0].size
     flat = jnp.pad(flat, ((0, 0), (0, -width % shards)))
     columns = jax.lax.all_to_all(flat, axes, split_axis=1, concat_axis=0, tiled=True)
     taken = columns[jax.lax.all_gather(picks, axes, tiled=True)]
-    rows = jax.lax.all_to_all(taken, axes, split_axis=0, concat_axis=1, tiled=True)[:, :width]
-    return rows.reshape(picks.shape + x.shape[1:]).astype(dtype)
+    got = jax.lax.all_to_all(taken, axes, split_axis=0, concat_axis=1, tiled=True)
+    return (got[:, :split].reshape(picks.shape + tokens.shape[1:]),
+            got[:, split:width].reshape(picks.shape + valid.shape[1:]) > 0)
 
 
 def _draw(queries, candidates, scale, key, axes=(), shards=1):
@@ -117,8 +123,7 @@ def _draw(queries, candidates, scale, key, axes=(), shards=1):
                            queries.ok, ok)
     picks = jnp.argmax(scores, axis=1)
     found = jnp.isfinite(jnp.max(scores, axis=1))
-    tokens = _take_rows(candidates.tokens, picks, axes, shards)
-    valid = _take_rows(candidates.valid, picks, axes, shards)
+    tokens, valid = _take_rows(candidates.tokens, candidates.valid, picks, axes, shards)
     nothing = jnp.logical_not(found).reshape((-1,) + (1,) * (tokens.ndim - 1))
     return jnp.where(nothing, 0, tokens), valid & found[:, None], found, ids[picks]
 
