@@ -14,6 +14,7 @@ import jax
 from omni import bench
 from omni.config import load_config
 from omni.data.build import build
+from omni.data.default.build import build_default
 from omni.data.samples import EXTENSIONS
 from omni.errors import ConfigError, Preempted
 from omni.eval import commands as eval_commands
@@ -62,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="passed to Beam as --KEY=VALUE (repeatable)")
     build.add_argument("--map", action="append", default=[], metavar="EXT=MODALITY",
                        help="map a WebDataset member extension to a modality (or 'meta'), e.g. cls=meta")
+    build.add_argument("--preprocess-for", default=None, metavar="CONFIG",
+                       help="store images, audio and video already decoded to CONFIG's shapes (with its "
+                            "--config.* overrides), so training decodes nothing; SOURCE 'default' builds "
+                            "the embedded default dataset")
 
     evaluate = commands.add_parser("eval", help="evaluate a trained run")
     eval_commands = evaluate.add_subparsers(dest="eval_command", required=True)
@@ -217,8 +222,11 @@ def main(argv: list[str] | None = None) -> int:
             return _train(args, overrides)
         if args.command in ("plan", "bench"):
             return _plan_or_bench(args, overrides)
+        if args.command == "data" and args.preprocess_for:
+            return _print(_data_build(args, load_config(args.preprocess_for, overrides)))
         if overrides:
-            raise ConfigError(f"--config.* overrides only apply to train, plan and bench (got {overrides[0]})")
+            raise ConfigError(f"--config.* overrides only apply to train, plan, bench and data build "
+                              f"--preprocess-for (got {overrides[0]})")
         if args.command == "data":
             return _print(_data_build(args))
         if args.command == "eval":
@@ -284,7 +292,9 @@ def _plan_or_bench(args, overrides) -> int:
                               synthetic=args.synthetic, profile_dir=args.profile))
 
 
-def _data_build(args) -> dict:
+def _data_build(args, preprocess_for=None) -> dict:
+    if args.sources == ["default"]:
+        return build_default(args.out, preprocess_for)
     extensions = dict(EXTENSIONS)
     for pair in args.map:
         ext, sep, modality = pair.partition("=")
@@ -293,7 +303,7 @@ def _data_build(args) -> dict:
         extensions[ext.lstrip(".").lower()] = modality
     return build(args.sources, args.out, workers=args.workers, split=args.split, on_error=args.on_error,
                  test_fraction=args.test_fraction, beam_runner=args.beam_runner, beam_options=args.beam_option,
-                 extensions=extensions)
+                 extensions=extensions, preprocess_for=preprocess_for)
 
 
 def _eval(args) -> dict:

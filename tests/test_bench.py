@@ -39,8 +39,10 @@ def test_bench_on_real_data_fits_the_run_assets(default_data):
     """`omni bench` as interface.md documents it (not --synthetic): the batch comes from the
     default dataset, encoded with the assets a run fits, the smell SVD basis among them (this
     crashed when bench trained only a tokenizer). Five small modalities keep it seconds on a CPU."""
-    out = subprocess.run(omni_command("bench", "--steps", "1", *SMALL_ALL), capture_output=True, text=True,
-                         timeout=900, cwd=REPO)
+    # text up to 32 tokens: SMALL_ALL's 12 would cut most captions to the same length, and then a
+    # batch without modality dropout would pad nothing
+    out = subprocess.run(omni_command("bench", "--steps", "1", *SMALL_ALL, "--config.modalities.text.max_len=32"),
+                         capture_output=True, text=True, timeout=900, cwd=REPO)
     assert out.returncode == 0, out.stderr[-3000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert "fitted the smell asset on the training split" in out.stderr

@@ -69,13 +69,17 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
 
 
 def bench_pipeline(config, source, assets, batches: int, step_s: float) -> dict:
-    """Batches/s of the input pipeline alone (decode, tokenize, resize, stack), and how many
-    times faster than the step consumes them."""
+    """Examples/s of the input pipeline alone (read, decode, tokenize, resize, stack), per host
+    core it ran on (data.workers worker processes, or this one process's threads under one GIL),
+    and how many times faster than the step consumes them."""
     iterator = pipeline.training_batches(source, config, assets, start_step=1)
     next(iterator)  # threads started, first batch ready
     started = time.perf_counter()
     for _ in range(batches):
         next(iterator)
     per_batch = (time.perf_counter() - started) / batches
+    cores = max(1, pipeline.decode_workers(config))
     return {"pipeline_examples_per_s": config.train.batch_size / per_batch,
+            "pipeline_cores": cores,
+            "pipeline_examples_per_s_per_core": config.train.batch_size / per_batch / cores,
             "pipeline_to_step_ratio": step_s / per_batch}

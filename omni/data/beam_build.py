@@ -49,6 +49,7 @@ from omni.data import records, sources  # noqa: E402
 from omni.data.parts import DIRECT, part_name  # noqa: E402
 from omni.data.rejects import METRICS_NAMESPACE, BuildStopped  # noqa: E402
 from omni.data.samples import KEPT, Options  # noqa: E402
+from omni.modalities import stored  # noqa: E402
 
 QUIET_LOGGERS = ("apache_beam.runners.common", "apache_beam.runners.portability.local_job_service",
                  "apache_beam.runners.worker.sdk_worker")
@@ -106,7 +107,10 @@ def build_item(item: sources.WorkItem, scratch: str, options: Options, strict: b
                 if split not in writers:
                     writers[split] = ArrayRecordWriter(os.fspath(scratch / part_name("split", item.index, split)),
                                                        "group_size:1")
-                data = encode(outcome.record)
+                record = outcome.record
+                if options.preprocess is not None:  # decoded and resized once, here, not every epoch
+                    record = stored.preprocess_record(record, options.preprocess)
+                data = encode(record)
                 writers[split].write(data)
                 groups.setdefault(split, []).append(records.group_id(outcome.record.get("group", "")))
                 counts[split] = counts.get(split, 0) + 1

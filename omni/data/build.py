@@ -26,7 +26,7 @@ from omni.data.rejects import BuildStopped, Reject
 from omni.data.samples import EXTENSIONS, SPLIT_NAME, Options
 from omni.data.sources import work_items
 from omni.errors import ManifestError
-from omni.modalities import registry
+from omni.modalities import registry, stored
 
 PRINTED_REJECTS = 200  # rejects echoed on stderr; all of them are in DIR/rejects.jsonl
 
@@ -89,17 +89,20 @@ def _gather_rejects(scratch: epath.Path, summaries: list[dict], out: epath.Path,
 
 def build(sources, out_dir, *, workers: int | None = None, split: str | None = None,
           on_error: str = "skip", test_fraction: float = 0.1, beam_runner: str | None = None,
-          beam_options=(), extensions: dict | None = None, progress_every: float = 5.0, log=None) -> dict:
+          beam_options=(), extensions: dict | None = None, progress_every: float = 5.0, log=None,
+          preprocess_for=None) -> dict:
     """Build the dataset of `sources` (paths, globs, brace ranges) into out_dir; -> the summary.
     on_error: "skip" (reject bad samples, go on) or "fail" ("raise": its older name) to stop at
-    the first bad sample with a ManifestError naming it."""
+    the first bad sample with a ManifestError naming it. preprocess_for: a config whose media
+    shapes the records store already decoded (omni.modalities.stored), or None for the files."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if on_error not in ("skip", "fail", "raise"):
         raise ValueError(f"on_error must be skip or fail, got {on_error!r}")
     if split is not None and not SPLIT_NAME.fullmatch(split):
         raise ValueError(f"--split {split!r}: a split is a name (letters, digits and _, starting with a letter)")
     sources = [str(sources)] if isinstance(sources, (str, os.PathLike)) else [str(s) for s in sources]
-    options = Options(test_fraction=test_fraction, split=split, extensions=dict(extensions or EXTENSIONS))
+    options = Options(test_fraction=test_fraction, split=split, extensions=dict(extensions or EXTENSIONS),
+                      preprocess=preprocess_for)
     unknown = sorted({m for m in options.extensions.values() if m != "meta" and m not in registry.MODALITIES})
     if unknown:
         raise ValueError(f"extension map names unknown modality(ies) {', '.join(unknown)} "
@@ -131,6 +134,8 @@ def build(sources, out_dir, *, workers: int | None = None, split: str | None = N
             raise ManifestError(f"{' '.join(sources)}: no usable records (see {out / 'rejects.jsonl'})")
         splits = _place_shards(scratch, scratch / "dataset", summaries)
         records.write_metadata(scratch / "dataset", splits)
+        if preprocess_for is not None:
+            stored.write_spec(scratch / "dataset" / records.DATASET_NAME / "1.0.0", preprocess_for)
         final = out / records.DATASET_NAME
         if final.exists():
             final.rmtree()

@@ -10,15 +10,21 @@ whatever the number of processes, and a checkpoint needs only the step. `example
 example (its set and position) so that its random masks do not depend on which rows it shares a
 batch with.
 
-grain runs the per-batch work (read, decode, tokenize, resize) on threads and prefetches ahead. A
+grain runs the per-batch work (read, decode, tokenize, resize) ahead of the step: in data.workers
+worker processes, each building whole batches (decoding scales with the host's cores, not one
+GIL), or with data.workers 0 on threads of this process. Media that `omni data build
+--preprocess-for` stored already decoded (omni.modalities.stored) are only read back. A
 missing or undecodable field becomes all-zero with presence off (skip and count, or raise, per
 config.data.on_error). Evaluation batches stay flat: every asked-for modality, with presence bits.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import grain
 import jax
+from absl import flags as absl_flags
 import numpy as np
 
 from omni.data import mixture
@@ -26,7 +32,7 @@ from omni.data.default import ensure_default_dataset
 from omni.data.order import SubsetOrder
 from omni.data.records import open_split
 from omni.errors import DataError
-from omni.modalities import registry
+from omni.modalities import registry, stored
 
 
 def resolve_data_dir(config) -> Path:
@@ -54,7 +60,7 @@ class ExampleEncoder:
             present[name] = value not in (None, "", b"")
             if present[name]:
                 try:
-                    arrays.update(modality.encode(value, self.config, self.assets))
+                    arrays.update(stored.encode(modality, value, self.config, self.assets))
                 except (ValueError, OSError) as e:
                     where = f"{record.get('source') or '?'} (id {record.get('id', '?')}), {name}"
                     if self.config.data.on_error == "raise":
@@ -145,13 +151,36 @@ def with_text_lengths(config, source, assets, sample: int = 1000, coverage: floa
     return config
 
 
-def training_batches(source, config, assets, start_step: int = 0):
-    """Iterator over (local numpy batch {set: arrays}, problems) for steps start_step .. train.steps-1."""
-    processes, process = jax.process_count(), jax.process_index()
+class BatchReader:
+    """Step -> (this process's batch {set: arrays}, problems). A plain object (no closure), so that
+    grain can pickle it into worker processes, each of which then builds whole batches."""
+
+    def __init__(self, source, plans, processes: int, process: int):
+        self.source, self.plans = source, plans
+        self.processes, self.process = processes, process
+
+    def __call__(self, step: int):
+        batch, problems = {}, []
+        for sub, stream, order, encode in self.plans:
+            local = sub.rows // self.processes
+            first = step * sub.rows + self.process * local
+            rows = []
+            positions = range(first, first + local)
+            for position, record in zip(positions, order.records(np.arange(first, first + local))):
+                arrays, issues = encode(self.source[int(record)], position, stream)
+                arrays["example_id"] = example_id(stream, position)
+                rows.append(arrays)
+                problems.extend(issues)
+            batch[sub.name] = stack(rows)
+        return batch, problems
+
+
+def batch_plans(source, config, assets) -> list:
+    """[(sub-batch, seed stream, order, encoder)] per set of the mixture."""
     configured = list(config.modalities.keys())
     masks = mixture.record_sets(source, configured)
     resolved = mixture.resolve(config, mixture.set_counts(masks, configured))
-    mixture.check_divides(resolved, 1, processes)
+    mixture.check_divides(resolved, 1, jax.process_count())
     lengths = mixture.text_lengths(config, resolved)
     group_size = int(config.data.get("group_size", 0))
     groups = source.groups() if group_size > 1 else None
@@ -167,26 +196,36 @@ def training_batches(source, config, assets, start_step: int = 0):
         encoder = ExampleEncoder(mixture.sub_batch_config(config, sub, lengths), assets, train=True,
                                  modalities=sub.modalities)
         plans.append((sub, stream, order, encoder))
+    return plans
 
-    def make_batch(step: int):
-        batch, problems = {}, []
-        for sub, stream, order, encode in plans:
-            local = sub.rows // processes
-            first = step * sub.rows + process * local
-            rows = []
-            for position in range(first, first + local):
-                arrays, issues = encode(source[order[position]], position, stream)
-                arrays["example_id"] = example_id(stream, position)
-                rows.append(arrays)
-                problems.extend(issues)
-            batch[sub.name] = stack(rows)
-        return batch, problems
 
-    import grain  # imported here so that code which never reads data (bench, export) does not need it
+def decode_workers(config) -> int:
+    """data.workers: worker processes that build batches (0: this process, on data.num_threads
+    threads; -1: one per core of this host but one, which the step's own host work keeps)."""
+    workers = int(config.data.get("workers", 0))
+    return max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
 
+
+def training_batches(source, config, assets, start_step: int = 0):
+    """Iterator over (local numpy batch {set: arrays}, problems) for steps start_step .. train.steps-1,
+    in step order whether one process builds them or data.workers processes do."""
+    try:
+        stored.check_spec(source.path, config)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    reader = BatchReader(source, batch_plans(source, config, assets), jax.process_count(), jax.process_index())
+    dataset = grain.MapDataset.range(start_step, int(config.train.steps)).map(reader)
+    workers = decode_workers(config)
+    if workers:
+        # grain hands worker w the steps w, w + W, ... and reads their batches back in step order.
+        # grain 0.2.18 reads an absl flag there that only an absl app has parsed (google/grain
+        # #1355, fixed after that release); omni has no absl flags, so their defaults are theirs.
+        if not absl_flags.FLAGS.is_parsed():
+            absl_flags.FLAGS.mark_as_parsed()
+        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=int(config.data.prefetch))
+        return iter(dataset.to_iter_dataset().mp_prefetch(options))
     options = grain.ReadOptions(num_threads=int(config.data.num_threads),
                                 prefetch_buffer_size=int(config.data.prefetch))
-    dataset = grain.MapDataset.range(start_step, int(config.train.steps)).map(make_batch)
     return iter(dataset.to_iter_dataset(options))
 
 

@@ -180,6 +180,11 @@ class Split:
     def __len__(self) -> int:
         return len(self._source)
 
+    def __reduce__(self):
+        """Pickled as its folder and split, and opened again on the other side: grain's worker
+        processes each read the files themselves."""
+        return Split, (self.path, self.split)
+
     def groups(self) -> np.ndarray:
         """Each record's group id (-1 = none), from the index the build wrote. A dataset built
         without one (by the Beam build, or before groups existed) is read once, record by

@@ -45,6 +45,8 @@ class Options:
     test_fraction: float = 0.1
     split: str | None = None  # every sample goes here when set (--split)
     extensions: dict = field(default_factory=lambda: dict(EXTENSIONS))
+    # a config (--preprocess-for): media fields are stored decoded to its shapes (omni.modalities.stored)
+    preprocess: object = None
 
 
 @dataclass
@@ -113,7 +115,8 @@ def manifest_sample(raw: bytes, manifest: str, number: int, root, options: Optio
     entry, bad = parse_line(raw, where, key)
     if bad:
         return Outcome(rejects=[bad])
-    key = str(entry.get("id", key))
+    given = entry.get("id")
+    key = key if given in (None, "") else str(given)  # an empty id would name no record: the line's instead
     out = Outcome()
     unknown = set(entry) - known_fields()
     if unknown:

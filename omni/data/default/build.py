@@ -13,6 +13,7 @@ from omni.data.default.odorants import mixture_records, odorant_records
 from omni.data.default.prose import prose_sentences
 from omni.data.default.speech import spoken_digit_records
 from omni.data.records import write_dataset
+from omni.modalities import stored
 
 VERSION = "v6"  # v6: each spoken clip's group is its voice (v5: speech samples no longer depend on the process)
 TEXT_ONLY_SENTENCES = 1000
@@ -51,6 +52,23 @@ def default_records() -> dict[str, list[dict]]:
         splits["train"].append({"id": f"prose-{j}", "label": "", "source": "pydoc_data.topics",
                                 "text": sentence})
     return splits
+
+
+def build_default(out: str | Path, preprocess_for=None) -> dict:
+    """`omni data build default --out DIR [--preprocess-for CONFIG]`: the embedded default dataset
+    written to DIR, its media stored decoded to CONFIG's shapes when one is given (training then
+    decodes nothing: omni.modalities.stored). -> the summary the CLI prints."""
+    splits = default_records()
+    if preprocess_for is not None:
+        splits = {split: [stored.preprocess_record(r, preprocess_for) for r in rows] for split, rows in splits.items()}
+    out = Path(out)
+    if _is_built(out):
+        raise FileExistsError(f"{out}: a dataset is already there; choose an empty --out")
+    write_dataset(splits, out)
+    if preprocess_for is not None:
+        stored.write_spec(next(out.glob("**/dataset_info.json")).parent, preprocess_for)
+    return {"out": str(out), "splits": {split: len(rows) for split, rows in splits.items()},
+            "preprocessed_for": None if preprocess_for is None else stored.spec_of(preprocess_for)}
 
 
 def ensure_default_dataset() -> Path:
