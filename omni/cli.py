@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="time the train step; print step time, MFU, tokens/s")
     bench.add_argument("--config", default=None)
-    bench.add_argument("--steps", type=int, default=5)
+    bench.add_argument("--steps", type=int, default=5, help="0: time the input pipeline alone (--pipeline-batches)")
     bench.add_argument("--pipeline-batches", type=int, default=0,
                        help="also time this many batches of the input pipeline alone")
     bench.add_argument("--synthetic", action="store_true", help="random inputs instead of the configured data")

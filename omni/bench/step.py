@@ -22,6 +22,12 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
     With profile_dir, 2 more steps run under jax.profiler (after the timing, which it would skew)."""
     if not synthetic:
         config, source, assets = real_data(config)
+    if steps == 0:  # the input pipeline alone: no model, no step, no peak
+        if synthetic or not pipeline_batches:
+            raise ValueError("omni bench --steps 0 times the input pipeline alone: give --pipeline-batches N "
+                             "(and not --synthetic)")
+        return {"config": config.name, "batch_size": int(config.train.batch_size),
+                "mixture": config.data.mixture, **bench_pipeline(config, source, assets, pipeline_batches)}
     mesh, setup = mesh_and_setup(config)
     state = setup.init_state()
     batch = synthetic_batch(config, setup) if synthetic else real_batch(config, setup, source, assets)
@@ -68,7 +74,7 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
     return result
 
 
-def bench_pipeline(config, source, assets, batches: int, step_s: float) -> dict:
+def bench_pipeline(config, source, assets, batches: int, step_s: float | None = None) -> dict:
     """Examples/s of the input pipeline alone (read, decode, tokenize, resize, stack), per host
     core it ran on (data.workers worker processes, or this one process's threads under one GIL),
     and how many times faster than the step consumes them."""
@@ -79,7 +85,8 @@ def bench_pipeline(config, source, assets, batches: int, step_s: float) -> dict:
         next(iterator)
     per_batch = (time.perf_counter() - started) / batches
     cores = max(1, pipeline.decode_workers(config))
-    return {"pipeline_examples_per_s": config.train.batch_size / per_batch,
-            "pipeline_cores": cores,
-            "pipeline_examples_per_s_per_core": config.train.batch_size / per_batch / cores,
-            "pipeline_to_step_ratio": step_s / per_batch}
+    result = {"pipeline_examples_per_s": config.train.batch_size / per_batch, "pipeline_cores": cores,
+              "pipeline_examples_per_s_per_core": config.train.batch_size / per_batch / cores}
+    if step_s is not None:
+        result["pipeline_to_step_ratio"] = step_s / per_batch
+    return result

@@ -222,8 +222,11 @@ def training_batches(source, config, assets, start_step: int = 0):
         # #1355, fixed after that release); omni has no absl flags, so their defaults are theirs.
         if not absl_flags.FLAGS.is_parsed():
             absl_flags.FLAGS.mark_as_parsed()
+        # Within a worker, one thread: the workers are the parallelism (grain's default of 16
+        # threads per worker, each prefetching, only fought over the cores).
+        in_worker = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=int(config.data.prefetch))
-        return iter(dataset.to_iter_dataset().mp_prefetch(options))
+        return iter(dataset.to_iter_dataset(in_worker).mp_prefetch(options))
     options = grain.ReadOptions(num_threads=int(config.data.num_threads),
                                 prefetch_buffer_size=int(config.data.prefetch))
     return iter(dataset.to_iter_dataset(options))

@@ -99,16 +99,29 @@ def fit_svd(features, svd_dim: int, dim: int, chunk: int = 512) -> dict:
             "scale": scale.astype(np.float32).tolist(), "examples": int(count)}
 
 
+_last_basis: list = [None, None]  # [the asset's components object, its arrays]: see _basis
+
+
+def _basis(asset: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The asset's (mean, components, scale) as float32 arrays. An asset read from assets.json
+    holds lists, and turning svd_dim x 2048 of them into an array took 9 ms per example, nearly
+    all of a smell's encoding; so the arrays of the last asset seen are kept (the cache holds that
+    asset's list, so no other list can take its place)."""
+    if _last_basis[0] is not asset["components"]:
+        arrays = tuple(np.asarray(asset[key], np.float32) for key in ("mean", "components", "scale"))
+        _last_basis[:] = [asset["components"], arrays]
+    return _last_basis[1]
+
+
 def project(features: np.ndarray, asset: dict, svd_dim: int) -> np.ndarray:
     """(features - mean) @ components.T / scale (per axis), float32 [svd_dim]."""
-    mean = np.asarray(asset["mean"], np.float32)
-    components = np.asarray(asset["components"], np.float32)
+    mean, components, scale = _basis(asset)
     if components.shape != (svd_dim, features.shape[0]) or mean.shape != features.shape:
         raise RuntimeError(
             f"the smell SVD asset has components {components.shape} and mean {mean.shape}, but the "
             f"config needs ({svd_dim}, {features.shape[0]}): it was fitted under another smell config")
     centred = features.astype(np.float32) - mean
-    return (centred @ components.T / np.asarray(asset["scale"], np.float32)).astype(np.float32)
+    return (centred @ components.T / scale).astype(np.float32)
 
 
 # ==============================================================================================
