@@ -30,6 +30,17 @@ def test_the_shuffle_is_a_bijection_of_the_range(n):
             assert not np.array_equal(shuffled, np.arange(n))  # and it moved them
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 100_000), st.integers(0, 2 ** 32 - 1), st.integers(0, 50), st.integers(0, 9))
+def test_any_order_is_a_deterministic_permutation_of_its_records(n, seed, stream, epoch):
+    """Fuzzed over n up to 10^5: one epoch of EpochOrder reads every record once, and a second
+    order built from the same (seed, stream) reads the same ones (as another process would)."""
+    positions = np.arange(epoch * n, (epoch + 1) * n)
+    read = EpochOrder(n, seed, stream=stream).records(positions)
+    np.testing.assert_array_equal(np.sort(read), np.arange(n))
+    np.testing.assert_array_equal(EpochOrder(n, seed, stream=stream).records(positions), read)
+
+
 def test_seeds_epochs_and_streams_give_different_orders():
     orders = {(seed, stream, epoch): tuple(EpochOrder(200, seed, stream=stream).permutation(epoch))
               for seed in (0, 1) for stream in (0, 5) for epoch in (0, 1, 2)}
