@@ -5,10 +5,12 @@ the AWS credentials; STORAGE_EMULATOR_HOST), as it would reach AWS or Google Clo
 
 On S3: a run trains with its workdir at s3://, is resumed from its checkpoint there and continues
 exactly as a local run does, then eval and export read it and the bundle is embedded from the
-store. On GCS: checkpoints and a bundle round-trip through gs://. The data dir stays local:
-array_record's reader opens local files only (docs/reliability.md)."""
+store. On GCS: checkpoints and a bundle round-trip through gs://. Data dirs on either store are
+read through a local copy in $OMNI_CACHE (array_record's reader opens local files only): the
+batches equal those of the local folder; `omni data build` and `build default` write to s3://."""
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -182,3 +184,105 @@ def test_checkpoints_and_bundles_round_trip_through_gcs(gcs, tmp_path):
     lines.write("2\n")
     lines.close()
     assert storage.AppendedText(storage.path(f"{gcs}/run/metrics.jsonl")).text == "1\n2\n"
+
+
+def small_dataset(default_data, folder, train: int = 24, test: int = 8):
+    """A few image+text records of the default data (train and test) written with write_dataset."""
+    from omni.data.records import open_split, write_dataset
+
+    source = open_split(default_data, "train")
+    rows = [r for r in (source[i] for i in range(200)) if r.get("image") and r.get("text")]
+    assert len(rows) >= train + test
+    splits = {"train": rows[:train], "test": rows[train:train + test]} if test else {"train": rows[:train]}
+    return write_dataset(splits, folder)
+
+
+def all_records(data) -> dict:
+    from omni.data.records import open_split, split_names
+    return {split: [open_split(data, split)[i] for i in range(len(open_split(data, split)))]
+            for split in split_names(data)}
+
+
+@pytest.mark.parametrize("store", ["s3", "gcs"])
+def test_a_data_dir_on_a_store_trains_as_the_local_folder(store, request, default_data, tmp_path, monkeypatch):
+    """--config.data.path=s3://... (or gs://): the dataset is copied once into the cache and read
+    from there; the training batches equal those of the same folder read locally, a grain worker
+    gets the split by pickle, and a dataset rebuilt at the URL is copied anew."""
+    import pickle
+
+    import jax
+
+    from omni import storage
+    from omni.data import pipeline, records
+    from omni.run.assets import load_or_fit_assets
+
+    monkeypatch.setattr(records, "_LOCAL_COPIES", {})
+    monkeypatch.setenv("OMNI_CACHE", str(tmp_path / "cache"))
+    url = f"{request.getfixturevalue(store)}/data-{tmp_path.name}"
+    local = small_dataset(default_data, tmp_path / "local")
+    storage.copy_folder(local, url)
+
+    def batches(path):
+        config = small_config(f"--config.data.path={path}", "--config.train.steps=3")
+        data_dir = pipeline.resolve_data_dir(config)
+        source = records.open_split(data_dir, "train")
+        config, _ = pipeline.with_resolved_mixture(config, source)
+        return source, data_dir, config, [b for b, _ in pipeline.training_batches(source, config, assets)]
+
+    config = small_config(f"--config.data.path={local}")
+    assets, _ = load_or_fit_assets(config, tmp_path, None, records.open_split(local, "train"))
+    local_source, local_dir, local_config, expected = batches(local)
+    remote_source, remote_dir, remote_config, found = batches(url)
+    assert str(remote_dir) == url and storage.is_remote(remote_dir)
+    assert remote_source.path.is_relative_to(tmp_path / "cache")  # read from the local copy
+    assert records.split_names(url) == ["test", "train"] and remote_config.data.mixture == local_config.data.mixture
+    assert len(expected) == len(found) == 3
+    for one, other in zip(expected, found):
+        jax.tree.map(np.testing.assert_array_equal, one, other)
+    unpickled = pickle.loads(pickle.dumps(remote_source))  # what a grain worker process gets
+    assert unpickled.path == remote_source.path and unpickled[3] == local_source[3]
+    assert len(list((tmp_path / "cache" / "remote-data").iterdir())) == 2  # the copy and its lock file
+
+    # Rebuilt at the same URL (train only, fewer records): the old test shard goes, and a new
+    # process (here: a cleared table) copies the new dataset.
+    smaller = small_dataset(default_data, tmp_path / "smaller", train=10, test=0)
+    records.upload_dataset(smaller, url)
+    assert not any("-test." in name for name in storage.files_under(url))
+    monkeypatch.setattr(records, "_LOCAL_COPIES", {})
+    assert records.split_names(url) == ["train"] and len(records.open_split(url, "train")) == 10
+
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{url}/nothing: no omni dataset here")):
+        records.open_split(f"{url}/nothing", "train")
+    with pytest.raises(ValueError, match=re.escape(f"{url}: no split 'validation'")):
+        records.open_split(url, "validation")
+
+
+def test_data_build_writes_to_s3(s3, tmp_path, monkeypatch):
+    """`omni data build MANIFEST --out s3://...` (built locally, copied up) reads back as the same
+    build in a local folder, rejects.jsonl included; `omni data build default --out s3://...`
+    too, and refuses a URL that already holds a dataset."""
+    from omni import storage
+    from omni.data import records
+    from omni.data.build import build
+    from omni.data.default import build as default_build
+
+    monkeypatch.setattr(records, "_LOCAL_COPIES", {})
+    monkeypatch.setenv("OMNI_CACHE", str(tmp_path / "cache"))
+    lines = [{"id": f"t{i}", "text": f"a sentence number {i}", "split": "train" if i % 4 else "test"}
+             for i in range(12)] + [{"id": "bad"}]
+    (tmp_path / "manifest.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    url = f"{s3}/built-{tmp_path.name}"
+    summary = build(str(tmp_path / "manifest.jsonl"), url, workers=1)
+    assert summary["out"] == url and summary["splits"] == {"train": 9, "test": 3} and summary["rejected"] == 1
+    local = build(str(tmp_path / "manifest.jsonl"), tmp_path / "local", workers=1)
+    assert local["splits"] == summary["splits"]
+    assert all_records(url) == all_records(tmp_path / "local")
+    assert (storage.path(url) / "rejects.jsonl").read_text() == (tmp_path / "local" / "rejects.jsonl").read_text()
+
+    rows = [{"id": f"p{i}", "text": f"prose {i}"} for i in range(6)]
+    monkeypatch.setattr(default_build, "default_records", lambda: {"train": rows[:4], "test": rows[4:]})
+    out = f"{s3}/default-{tmp_path.name}"
+    assert default_build.build_default(out)["splits"] == {"train": 4, "test": 2}
+    assert [r["id"] for r in all_records(out)["test"]] in (["p4", "p5"], ["p5", "p4"])
+    with pytest.raises(FileExistsError, match=re.escape(f"{out}: a dataset is already there")):
+        default_build.build_default(out)

@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 import traceback
 
 import numpy as np
 from etils import epath
 
+from omni import storage
 from omni.data import beam_build, records
 from omni.data.parts import DIRECT, part_name
 from omni.data.progress import Progress
@@ -87,6 +90,38 @@ def _gather_rejects(scratch: epath.Path, summaries: list[dict], out: epath.Path,
         log(f"... {total - printed:,} more in {out / 'rejects.jsonl'}")
 
 
+def _build_and_upload(sources, url: str, log, **options) -> dict:
+    """--out gs://... or s3://...: array_record writes local files only, so the dataset is built
+    in a local temporary folder (under $TMPDIR) and then copied up (records.upload_dataset: the
+    old dataset_info.json goes first, the new one last). The Beam workers must therefore share
+    this machine's filesystem (the DirectRunner's do). rejects.jsonl goes up even when the build
+    fails, and error messages name the URL, not the temporary folder."""
+    runner = options.get("beam_runner")
+    if runner not in (None, DIRECT, "DirectRunner"):
+        log(f"omni data build: --out {url}: the build runs into a local folder of this machine and is "
+            f"copied up after; {runner}'s workers must be able to write there")
+    local = tempfile.mkdtemp(prefix="omni-data-build-")
+    try:
+        try:
+            summary = build(sources, local, log=log, **options)
+        except Exception as e:
+            rejects = os.path.join(local, "rejects.jsonl")
+            if os.path.exists(rejects):
+                try:
+                    with open(rejects, "rb") as f:
+                        (storage.path(url) / "rejects.jsonl").write_bytes(f.read())
+                except Exception as upload:  # noqa: BLE001 - the build's own error matters more
+                    log(f"omni data build: could not copy rejects.jsonl to {url}: {upload}")
+            if isinstance(e, ManifestError):
+                raise ManifestError(str(e).replace(local, url)) from None
+            raise
+        log(f"omni data build: copying the dataset to {url}")
+        records.upload_dataset(local, url)
+    finally:
+        shutil.rmtree(local, ignore_errors=True)
+    return {**summary, "out": url}
+
+
 def build(sources, out_dir, *, workers: int | None = None, split: str | None = None,
           on_error: str = "skip", test_fraction: float = 0.1, beam_runner: str | None = None,
           beam_options=(), extensions: dict | None = None, progress_every: float = 5.0, log=None,
@@ -96,6 +131,11 @@ def build(sources, out_dir, *, workers: int | None = None, split: str | None = N
     the first bad sample with a ManifestError naming it. preprocess_for: a config whose media
     shapes the records store already decoded (omni.modalities.stored), or None for the files."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    if storage.is_remote(out_dir):
+        return _build_and_upload(sources, os.fspath(out_dir).rstrip("/"), log, workers=workers, split=split,
+                                 on_error=on_error, test_fraction=test_fraction, beam_runner=beam_runner,
+                                 beam_options=beam_options, extensions=extensions,
+                                 progress_every=progress_every, preprocess_for=preprocess_for)
     if on_error not in ("skip", "fail", "raise"):
         raise ValueError(f"on_error must be skip or fail, got {on_error!r}")
     if split is not None and not SPLIT_NAME.fullmatch(split):

@@ -27,6 +27,7 @@ import jax
 from absl import flags as absl_flags
 import numpy as np
 
+from omni import storage
 from omni.data import mixture
 from omni.data.default import ensure_default_dataset
 from omni.data.order import SubsetOrder
@@ -35,8 +36,13 @@ from omni.errors import DataError
 from omni.modalities import registry, stored
 
 
-def resolve_data_dir(config) -> Path:
-    return Path(config.data.path) if config.data.path else ensure_default_dataset()
+def resolve_data_dir(config):
+    """config.data.path as a folder: a pathlib.Path when local, an epath.Path for `gs://...` or
+    `s3://...` (omni.storage; records.open_split reads a copy of it in the local cache), the
+    embedded default dataset when empty."""
+    if not config.data.path:
+        return ensure_default_dataset()
+    return storage.path(config.data.path) if storage.is_remote(config.data.path) else Path(config.data.path)
 
 
 class ExampleEncoder:

@@ -3,16 +3,18 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
+from omni import storage
 from omni.data.default.clips import real_clip_records
 from omni.data.default.digits import digit_records
 from omni.data.default.motion import motion_clip_records
 from omni.data.default.odorants import mixture_records, odorant_records
 from omni.data.default.prose import prose_sentences
 from omni.data.default.speech import spoken_digit_records
-from omni.data.records import write_dataset
+from omni.data.records import upload_dataset, write_dataset
 from omni.modalities import stored
 
 VERSION = "v6"  # v6: each spoken clip's group is its voice (v5: speech samples no longer depend on the process)
@@ -57,16 +59,25 @@ def default_records() -> dict[str, list[dict]]:
 def build_default(out: str | Path, preprocess_for=None) -> dict:
     """`omni data build default --out DIR [--preprocess-for CONFIG]`: the embedded default dataset
     written to DIR, its media stored decoded to CONFIG's shapes when one is given (training then
-    decodes nothing: omni.modalities.stored). -> the summary the CLI prints."""
+    decodes nothing: omni.modalities.stored). -> the summary the CLI prints. DIR may be
+    `gs://...` or `s3://...`: the dataset is written to a local temporary folder, then copied up."""
+    remote = storage.is_remote(out)
+    out = os.fspath(out).rstrip("/") if remote else Path(out)
+    if _is_built(out):
+        raise FileExistsError(f"{out}: a dataset is already there; choose an empty --out")
     splits = default_records()
     if preprocess_for is not None:
         splits = {split: [stored.preprocess_record(r, preprocess_for) for r in rows] for split, rows in splits.items()}
-    out = Path(out)
-    if _is_built(out):
-        raise FileExistsError(f"{out}: a dataset is already there; choose an empty --out")
-    write_dataset(splits, out)
-    if preprocess_for is not None:
-        stored.write_spec(next(out.glob("**/dataset_info.json")).parent, preprocess_for)
+    local = Path(tempfile.mkdtemp(prefix="omni-default-data-")) if remote else out
+    try:
+        write_dataset(splits, local)
+        if preprocess_for is not None:
+            stored.write_spec(next(local.glob("**/dataset_info.json")).parent, preprocess_for)
+        if remote:
+            upload_dataset(local, out)
+    finally:
+        if remote:
+            shutil.rmtree(local, ignore_errors=True)
     return {"out": str(out), "splits": {split: len(rows) for split, rows in splits.items()},
             "preprocessed_for": None if preprocess_for is None else stored.spec_of(preprocess_for)}
 
@@ -89,5 +100,7 @@ def ensure_default_dataset() -> Path:
     return out
 
 
-def _is_built(folder: Path) -> bool:
-    return bool(list(folder.glob("**/dataset_info.json")))
+def _is_built(folder) -> bool:
+    if storage.is_remote(folder):
+        return any(name.rsplit("/", 1)[-1] == "dataset_info.json" for name in storage.files_under(folder))
+    return bool(list(Path(folder).glob("**/dataset_info.json")))
