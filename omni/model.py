@@ -31,10 +31,10 @@ MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform soft
 
 
 def dots_with_no_batch_dims_saveable(prim, *avals, **params) -> bool:
-    """JAX's policy of that name, seeing through omni's bf16 matmul on CPU: that is a custom_vjp
-    call (so that its backward runs in bf16 too), which JAX's policy does not take for a dot.
-    Under it, `remat="dots"` saved nothing on CPU in bf16, and the backward recomputed every
-    projection of the layer."""
+    """JAX's policy of that name, seeing through omni's bf16 matmul: that is a custom_vjp call
+    (on CPU so that its backward runs in bf16 too, on accelerators so that the weight's gradient
+    is f32), which JAX's policy does not take for a dot. Under it, `remat="dots"` saved nothing
+    on CPU in bf16, and the backward recomputed every projection of the layer."""
     if prim.name == "custom_vjp_call":
         return any(eqn.primitive is jax.lax.dot_general_p and not eqn.params["dimension_numbers"][1][0]
                    for eqn in params["call_jaxpr"].jaxpr.eqns)

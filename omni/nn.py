@@ -5,9 +5,11 @@
 These sit in their own foundation module, apart from the `Modality` interface
 (omni/modalities/base.py), for two reasons: one concept per file, and a plugin author reading that
 interface should not have to read the CPU-specific custom VJP below first. `matmul` is plain
-`jnp.einsum` except on CPU in a low-precision dtype, where XLA CPU needs help to run the backward
-products in bf16 (`_bf16_matmul_f32_out`, `transposed`, `_weight_gradient`). The measurements
-behind those choices are in docs/performance.md, "Measurements behind code choices".
+`jnp.einsum` in f32. In a low-precision dtype a product with a weight has a custom VJP: on CPU,
+where XLA CPU needs help to run the backward products in bf16 (`_bf16_matmul_f32_out`,
+`transposed`, `_weight_gradient`), and on accelerators, to give the weights' gradients in f32
+(`_accelerator_matmul`). The measurements behind those choices are in docs/performance.md,
+"Measurements behind code choices" and "Numerics on accelerators".
 
 Every parameter carries logical axis names (`out_sharding`), mapped to mesh axes by omni.parallel.
 """
@@ -42,24 +44,69 @@ def param(rngs: nnx.Rngs, shape, names: tuple, init: str | float | np.ndarray = 
     return nnx.Param(value, out_sharding=names, eager_sharding=False)
 
 
-def matmul(x, w, dtype, spec: str, x_rematerialized: bool = False):
+# Which products `matmul` runs: "cpu" or "accelerator"; None picks by jax.default_backend().
+# tests/test_numerics.py sets "accelerator" to compile the accelerator's products on a CPU, where
+# the test suite would otherwise never build them.
+PATH: str | None = None
+
+
+def on_cpu_path() -> bool:
+    return PATH == "cpu" if PATH else jax.default_backend() == "cpu"
+
+
+def matmul(x, w, dtype, spec: str, x_rematerialized: bool = False, f32_out: bool = False):
     """einsum in the compute dtype, accumulating in f32 (bf16 inputs use the hardware's bf16 units:
     AMX or AVX512-BF16 on a CPU, tensor cores on a GPU).
     On CPU the f32 result is also what XLA emits fastest, and the backward products of a matmul
     with a weight are bf16 x bf16 -> f32 as well (below). On accelerators a bf16 result halves the
-    memory traffic of every activation (the accumulation inside stays f32), and the cotangents are
-    then bf16 anyway. x_rematerialized: x is recomputed for the backward pass (inside
-    `jax.checkpoint`), which changes the fastest form of the weight's gradient on CPU."""
+    memory traffic of every activation (the accumulation inside stays f32), unless f32_out: the
+    vocabulary logits, whose softmax over 32k entries wants more than bf16's 8 bits. On every
+    backend the weight's gradient leaves its product in f32 (`_bf16_matmul_f32_out` on CPU,
+    `_accelerator_matmul` elsewhere), so that its sum over the batch shards is f32. x_rematerialized: x is recomputed for the backward pass
+    (inside `jax.checkpoint`), which changes the fastest form of the weight's gradient on CPU."""
     if dtype == jnp.float32:
         return jnp.einsum(spec, x, w, preferred_element_type=jnp.float32)
-    if jax.default_backend() != "cpu":
-        return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=dtype)
+    if not on_cpu_path():
+        out_dtype = jnp.dtype(jnp.float32 if f32_out else dtype)
+        if _is_batched(spec):  # attention's products: two activations, no weight
+            return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype)
+        return _accelerator_matmul(x, w, spec, jnp.dtype(dtype), out_dtype, x.dtype, w.dtype)
     if not _is_batched(spec):
         return _bf16_matmul_f32_out(x, w, spec, jnp.dtype(dtype), x.dtype, w.dtype, x_rematerialized)
     # Batched products (attention's q.k and weights.v): XLA CPU has no BF16 x BF16 = F32 kernel
     # for their backward layouts ("Unsupported element type for DotThunk"), so these keep JAX's
     # own backward. (The smell stem's per-group product fails even so, and stays f32.)
     return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=jnp.float32)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _accelerator_matmul(x, w, spec, dtype, out_dtype, x_dtype, w_dtype):
+    """jnp.einsum's product and backward on accelerators, except that the weight's gradient is
+    emitted in f32. JAX's own transpose gives it in the operand's dtype, bf16, and converts it to
+    the f32 parameter's only after: XLA's SPMD partitioner sums the product's partial results
+    over the batch shards right where the product is, so the gradient's all-reduce (or
+    reduce-scatter under FSDP) ran in bf16 (the HLO: docs/performance.md, "Numerics on
+    accelerators"). The backward products stay bf16 x bf16, accumulating in f32: the cotangent
+    is cast to bf16 first, that of f32 logits too (JAX's own would multiply the f32 cotangent by
+    the bf16 operand, an f32 product)."""
+    return jnp.einsum(spec, x.astype(dtype), w.astype(dtype), preferred_element_type=out_dtype)
+
+
+def _accelerator_fwd(x, w, spec, dtype, out_dtype, x_dtype, w_dtype):
+    out = _accelerator_matmul(x, w, spec, dtype, out_dtype, x_dtype, w_dtype)
+    return out, (x.astype(dtype), w.astype(dtype))
+
+
+def _accelerator_bwd(spec, dtype, out_dtype, x_dtype, w_dtype, operands, cotangent):
+    x, w = operands
+    g = cotangent.astype(dtype)
+    x_spec, w_spec, out = _split_spec(spec)
+    dx = jnp.einsum(f"{out},{w_spec}->{x_spec}", g, w, preferred_element_type=dtype)
+    dw = jnp.einsum(f"{x_spec},{out}->{w_spec}", x, g, preferred_element_type=jnp.float32)
+    return dx.astype(x_dtype), dw.astype(w_dtype)
+
+
+_accelerator_matmul.defvjp(_accelerator_fwd, _accelerator_bwd)
 
 
 def _split_spec(spec: str) -> tuple[str, str, str]:

@@ -110,9 +110,11 @@ class TextStem(nnx.Module):
         return self._embed_ids(corrupted), valid, ids, picked.astype(jnp.float32)
 
     def reconstruction_loss(self, hidden, target, dtype):
-        """Cross-entropy per position; the output layer is tied to the token embedding."""
+        """Cross-entropy per position; the output layer is tied to the token embedding. Its logits
+        are f32 on every backend: bf16 keeps 8 significant bits of each of the vocabulary's logits."""
         h = self.head_norm(hidden)
-        logits = matmul(h, self.tokens[...], dtype, "bld,vd->blv") * self.output_multiplier + self.head_bias[...]
+        logits = matmul(h, self.tokens[...], dtype, "bld,vd->blv", f32_out=True)
+        logits = logits * self.output_multiplier + self.head_bias[...]
         logz = jax.nn.logsumexp(logits, axis=-1)
         true_logit = jnp.take_along_axis(logits, target[..., None], axis=-1)[..., 0]
         return logz - true_logit
