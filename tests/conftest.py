@@ -65,15 +65,3 @@ def pytest_xdist_auto_num_workers(config):
     CI run kept the 2 cores 82% busy (24.5 CPU-minutes in 15 minutes of tests)."""
     return (os.cpu_count() or 1) + 1
 
-
-# The files that took longest in the clean-clone CI run (pytest's --durations), started first:
-# xdist hands out whole files in collection order, and a long file started last leaves one
-# worker running it alone at the end (longest first is the classic fix for that tail).
-SLOW_FILES_FIRST = ["test_parallel.py", "test_bad_inputs.py", "test_faults.py", "test_slurm.py",
-                    "test_multiprocess.py", "test_bench.py", "test_precision.py", "test_train.py",
-                    "test_plugin_modality.py", "test_scaling.py", "test_data_build.py"]
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its order
