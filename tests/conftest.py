@@ -58,7 +58,6 @@ def default_data():
     return ensure_default_dataset()
 
 
-
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): one worker more than the cores. Many tests wait on the
     processes they start (SLURM jobs, launchers, servers): with one worker per core the clean-clone
