@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint._src.serialization import tensorstore_utils  # internals, for s3 (see above)
 
@@ -62,6 +63,17 @@ class Checkpoints:
         entry of the checkpoint unread."""
         item = {"params": abstract_params}
         restore_args = jax.tree.map(lambda leaf: ocp.ArrayRestoreArgs(sharding=leaf.sharding), item)
+        restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+            item=item, restore_args=restore_args, partial_restore=True)))
+        return restored["state"]
+
+    def restore_params_to_host(self, step: int, abstract_params):
+        """Some of the params, as host numpy arrays in the tree {"params": ...}: `abstract_params`
+        may hold any subset of the params' leaves (nested dicts of ShapeDtypeStructs). Export reads
+        the model a few tensors at a time this way, so neither the host nor a device ever holds
+        all of it, and nothing is placed on a device."""
+        item = {"params": abstract_params}
+        restore_args = jax.tree.map(lambda leaf: ocp.RestoreArgs(restore_type=np.ndarray, dtype=leaf.dtype), item)
         restored = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
             item=item, restore_args=restore_args, partial_restore=True)))
         return restored["state"]

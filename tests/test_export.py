@@ -296,7 +296,7 @@ def test_eval_and_export_restore_the_params_alone(bundle):
 
     from omni.checkpoint import Checkpoints
     from omni.run.bundle import flatten_params
-    from omni.run.load import load_run
+    from omni.run.load import load_run, opened_run
 
     path, workdir, _, _, _ = bundle
     before = chunk_reads()
@@ -319,3 +319,12 @@ def test_eval_and_export_restore_the_params_alone(bundle):
     assert sorted(got) == sorted(expected) == sorted(exported)
     for key in expected:
         assert np.array_equal(got[key], expected[key]) and np.array_equal(exported[key], expected[key]), key
+    # export's way: host arrays, a group of at most 4 KB (or one larger tensor) at a time
+    with opened_run(workdir) as run:
+        groups = list(run.param_groups(max_bytes=4096))
+    assert len(groups) > 1
+    for group in groups:
+        assert len(group) == 1 or sum(value.nbytes for value in group.values()) <= 4096, sorted(group)
+        for key, value in group.items():
+            assert isinstance(value, np.ndarray) and np.array_equal(value, expected[key]), key
+    assert sorted(key for group in groups for key in group) == sorted(expected)

@@ -49,3 +49,23 @@ def test_corrupt_image_is_a_value_error():
         load_image(data[: len(data) // 3], 16)
     with pytest.raises(ValueError):
         load_image(b"", 16)
+
+
+def test_large_jpeg_decodes_in_draft_mode_close_to_a_full_decode():
+    """A JPEG four times larger than needed decodes at 1/4 scale in the DCT (PIL's draft mode)
+    and still matches a full decode resized the same way, within a few grey levels on average."""
+    rng = np.random.default_rng(0)
+    # smooth content (a real photo's spectrum), so the two ways of downscaling see the same image
+    small = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    big = Image.fromarray(small).resize((512, 384), Image.BICUBIC)
+    data = _encode(big, "JPEG")
+    drafted = Image.open(io.BytesIO(data))
+    drafted.draft(None, (64, 64))
+    assert drafted.size == (128, 96)  # what load_image decodes: 1/4 of each side, not all of it
+    out = load_image(data, 64)
+    full = np.zeros((64, 64, 3), np.uint8)
+    full[:48] = np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((64, 48), Image.BILINEAR))
+    difference = np.abs(out.astype(int) - full.astype(int))
+    assert difference.mean() < 2.0 and difference.max() < 40, (difference.mean(), difference.max())
+    assert difference.max() > 0  # identical only if load_image decoded the whole JPEG
+    assert (out[48:] == 0).all()

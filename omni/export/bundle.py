@@ -56,7 +56,11 @@ from omni.modalities import image, registry, text
 from omni.run.bundle import (ASSETS, BUNDLE_FORMAT, CONFIG, DEFAULT_PLATFORMS, MANIFEST, METADATA, PREPROCESSING,
                              TOKENIZER, WEIGHTS, BATCH_DIM, flat_leaves, program_file, sha256_of_file,
                              unflatten_like)
-from omni.run.load import load_run
+from omni.run.load import opened_run
+
+# Export reads the checkpoint this many bytes of params at a time (host numpy, never a device):
+# the host holds one group, not the model. Small groups cost one orbax restore call each.
+READ_GROUP_BYTES = 32 << 20
 
 
 def _dtype_name(dtype) -> str:
@@ -163,20 +167,26 @@ def export_bundle(workdir, out_dir, platforms=DEFAULT_PLATFORMS) -> dict:
     not exist or be empty). Either may be local, gs:// or s3:// (omni.storage). Returns a summary
     (bundle path, step, modalities, platforms, file sizes).
 
-    Only the params are restored (omni.run.load), sharded over the devices, and
-    weights.safetensors is written one tensor at a time (omni.export.weights), so the host holds
-    one parameter at a time, never the model. A local bundle is written to a temporary sibling
+    Only the params are read, never the optimizer state, a group of at most READ_GROUP_BYTES at
+    a time straight into host arrays (omni.run.load.OpenedRun.param_groups), and each group is
+    written to weights.safetensors and dropped (omni.export.weights): the host never holds the
+    model, and no device holds any of it. A local bundle is written to a temporary sibling
     and renamed into place; one on an object store is written to a local temporary folder and
     uploaded with manifest.json last, so a reader that finds the manifest finds every file."""
     workdir, out_dir = storage.path(workdir), storage.path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"{out_dir}: already exists and is not an empty folder; choose a new --out")
-    config, setup, params, assets, step = load_run(workdir)
-    weights = flat_leaves(params)
+    with opened_run(workdir) as run:
+        return _write_bundle(run, workdir, out_dir, platforms)
+
+
+def _write_bundle(run, workdir, out_dir, platforms) -> dict:
+    config, step, assets = run.config, run.step, run.assets
+    weights = flat_leaves(run.abstract_params)  # shapes and dtypes: the values come in groups
     for key, value in weights.items():
         if value.dtype != np.float32:
             raise ValueError(f"parameter '{key}' is {value.dtype}; bundles store float32 weights")
-    programs = export_programs(config, setup.graphdef, params, weights, platforms)
+    programs = export_programs(config, run.setup.graphdef, run.abstract_params, weights, platforms)
 
     remote = storage.is_remote(out_dir)
     if remote:
@@ -189,8 +199,8 @@ def export_bundle(workdir, out_dir, platforms=DEFAULT_PLATFORMS) -> dict:
         tmp.mkdir()
     try:
         with open(tmp / WEIGHTS, "wb") as f:
-            write_safetensors(f, weights, metadata={"format": BUNDLE_FORMAT, "step": str(step)})
-        del params, weights
+            write_safetensors(f, weights, metadata={"format": BUNDLE_FORMAT, "step": str(step)},
+                              groups=run.param_groups(READ_GROUP_BYTES))
         (tmp / CONFIG).write_bytes((workdir / "config.json").read_bytes())
         (tmp / TOKENIZER).write_text(assets["tokenizer"].to_json(), encoding="utf-8")
         fitted = {k: v for k, v in assets.items() if k != "tokenizer"}

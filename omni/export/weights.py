@@ -1,4 +1,4 @@
-"""weights.safetensors written one tensor at a time, so export never holds the model on the host.
+"""weights.safetensors written a tensor or a group at a time, so export never holds the model on the host.
 
 `safetensors.numpy.save_file` takes every tensor at once as host arrays: with the params that
 means a full host copy of the model, plus the serialized file it builds in memory before writing
@@ -42,15 +42,30 @@ def safetensors_header(tensors: dict, metadata: dict[str, str] | None = None) ->
     return struct.pack("<Q", len(text)) + text, order
 
 
-def write_safetensors(file, tensors: dict, metadata: dict[str, str] | None = None) -> int:
-    """Write `tensors` (name -> jax.Array on any devices, or numpy) to the open binary `file`,
-    fetching one tensor to the host at a time. Returns the bytes written."""
+def write_safetensors(file, tensors: dict, metadata: dict[str, str] | None = None, groups=None) -> int:
+    """Write `tensors` to the open binary `file`. Returns the bytes written.
+
+    Either `tensors` holds the values (name -> jax.Array on any devices, or numpy), fetched to
+    the host one at a time; or it holds only shapes and dtypes (ShapeDtypeStructs), and `groups`
+    yields the values as {name: host array} dicts, in sorted name order, a group at a time
+    (omni.run.load.OpenedRun.param_groups)."""
     head, order = safetensors_header(tensors, metadata)
     file.write(head)
     written = len(head)
-    for name in order:
-        value = np.ascontiguousarray(jax.device_get(tensors[name]))
-        file.write(value.reshape(-1).view(np.uint8))  # its buffer, without a second copy
-        written += value.nbytes
-        del value
+    if groups is None:
+        groups = ({name: tensors[name]} for name in order)
+    expected = iter(order)
+    for group in groups:
+        for name, value in group.items():
+            if name != next(expected, None):
+                raise ValueError(f"tensor '{name}' arrived out of the header's order")
+            value = np.asarray(jax.device_get(value), order="C")  # 0-d stays 0-d
+            if value.shape != tuple(tensors[name].shape) or value.dtype != np.dtype(tensors[name].dtype):
+                raise ValueError(f"tensor '{name}' is {value.dtype}{list(value.shape)}, the header says "
+                                 f"{np.dtype(tensors[name].dtype)}{list(tensors[name].shape)}")
+            file.write(value.reshape(-1).view(np.uint8))  # its buffer, without a second copy
+            written += value.nbytes
+        group = value = None  # dropped before the next group is read
+    if next(expected, None) is not None:
+        raise ValueError("the groups ended before every tensor in the header was written")
     return written

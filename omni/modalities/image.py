@@ -58,6 +58,9 @@ def load_image(data: bytes | str, size: int) -> np.ndarray:
     longer side is `size` (aspect kept), pad to size x size at the top-left. -> uint8 [size, size, 3]."""
     try:
         img = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+        # A JPEG can decode at 1/2, 1/4 or 1/8 of its size in the DCT itself, for a fraction of
+        # the work; draft keeps both sides at least `size`, and fit_square resizes the rest.
+        img.draft(None, (size, size))
         img.load()
     except Exception as e:  # PIL raises many types for truncated/corrupt files
         raise ValueError(f"cannot decode image: {e}") from None

@@ -10,8 +10,10 @@ Frame sampling (`modalities.video.strategy`):
     fewer frames, the rest padded and marked absent;
   * uniform: the frames nearest num_frames times evenly spaced over the clip (decodes the clip up
     to the last picked frame).
-A clip is read twice: once demuxed only (packet timestamps and key-frame flags, no decoding) to
-choose the frames, then decoded up to what was chosen, so a long clip never sits in memory whole.
+A clip is opened and demuxed once: its compressed packets (about the file's size, which a record
+holds already) give the timestamps and key-frame flags that choose the frames, and then only what
+was chosen is decoded (the chosen key packets, or every packet up to the last chosen frame), so
+no frame is decoded twice and the decoded clip never sits in memory whole.
 """
 from __future__ import annotations
 
@@ -48,20 +50,14 @@ def _video_stream(container):
     return container.streams.video[0]
 
 
-def _scan(source):
-    """Demux only: (pts or None, is_keyframe) of every video packet in file order, and a function
-    packet-or-frame key -> seconds. The key is the pts when every packet has one, else (raw
-    elementary streams carry no timestamps) the packet's ordinal, timed by the frame rate."""
-    with _open(source) as container:
-        stream = _video_stream(container)
-        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+def _timing(stream, packets):
+    """(has_pts, key -> seconds): a packet's or frame's key is its pts when every packet has one,
+    else (raw elementary streams carry no timestamps) its ordinal, timed by the frame rate."""
+    if all(p.pts is not None for p in packets):
         time_base = stream.time_base
-        rate = float(stream.guessed_rate or stream.average_rate or 25)
-    if not packets:
-        raise ValueError("no decodable frames in the video stream")
-    if all(pts is not None for pts, _ in packets):
-        return packets, True, lambda key: float(key * time_base)
-    return packets, False, lambda key: key / rate
+        return True, lambda key: float(key * time_base)
+    rate = float(stream.guessed_rate or stream.average_rate or 25)
+    return False, lambda key: key / rate
 
 
 def spread(count: int, n: int) -> list[int]:
@@ -74,38 +70,29 @@ def spread(count: int, n: int) -> list[int]:
     return [(2 * i * (count - 1) + n - 1) // (2 * (n - 1)) for i in range(n)]
 
 
-def _decode_keyframes(source, num_frames, packets, has_pts, seconds):
-    key_ordinals = [i for i, (_, key) in enumerate(packets) if key]
+def _decode_keyframes(stream, packets, num_frames, has_pts, seconds):
+    key_ordinals = [i for i, p in enumerate(packets) if p.is_keyframe]
     if not key_ordinals:
         raise ValueError("no key frames in the video stream")
     chosen = [key_ordinals[j] for j in spread(len(key_ordinals), num_frames)]
-    wanted = set(chosen)
-    fallback = iter([seconds(packets[i][0] if has_pts else i) for i in chosen])
+    fallback = iter([seconds(packets[i].pts if has_pts else i) for i in chosen])
+    # Decoders that honour it (H.264, MPEG-4 part 2) then do no work on non-key frames; the
+    # other packets are never sent at all. None at the end flushes frames the decoder held back.
+    stream.codec_context.skip_frame = "NONKEY"
     frames, times = [], []
-    with _open(source) as container:
-        stream = _video_stream(container)
-        # Decoders that honour it (H.264, MPEG-4 part 2) then do no work on non-key frames. VP9's
-        # ignores it, so the chosen key packets are also picked out before decoding.
-        stream.codec_context.skip_frame = "NONKEY"
-        ordinal = -1
-        for packet in container.demux(stream):
-            if packet.size:
-                ordinal += 1
-                if ordinal not in wanted:
-                    continue
-            # else: the empty end-of-stream packet, which flushes frames the decoder held back
-            for frame in packet.decode():
-                time = next(fallback, None)  # for streams without timestamps
-                frames.append(frame)
-                times.append(float(frame.pts * stream.time_base) if frame.pts is not None else time)
+    for packet in [packets[i] for i in chosen] + [None]:
+        for frame in stream.decode(packet):
+            time = next(fallback, None)  # for streams without timestamps
+            frames.append(frame)
+            times.append(float(frame.pts * stream.time_base) if frame.pts is not None else time)
     if not frames:
         raise ValueError("no decodable key frames in the video stream")
     return frames, times
 
 
-def _decode_uniform(source, num_frames, packets, has_pts, seconds):
+def _decode_uniform(stream, packets, num_frames, has_pts, seconds):
     # Presentation order is timestamp order (decode order differs when there are B-frames).
-    keys = sorted(pts for pts, _ in packets) if has_pts else list(range(len(packets)))
+    keys = sorted(p.pts for p in packets) if has_pts else list(range(len(packets)))
     times = np.array([seconds(k) for k in keys])
     if num_frames == 1:
         targets = np.array([(times[0] + times[-1]) / 2])
@@ -113,15 +100,16 @@ def _decode_uniform(source, num_frames, packets, has_pts, seconds):
         targets = np.linspace(times[0], times[-1], num_frames)
     wanted = {keys[i] for i in _nearest(times, targets)}  # a set: a short clip gives no repeats
     frames, stamps = [], []
-    with _open(source) as container:
-        stream = _video_stream(container)
-        for ordinal, frame in enumerate(container.decode(stream)):
+    ordinal = 0
+    for packet in packets + [None]:
+        for frame in stream.decode(packet):
             key = frame.pts if has_pts else ordinal
+            ordinal += 1
             if key in wanted:
                 frames.append(frame)
                 stamps.append(seconds(key))
-                if len(frames) == len(wanted):
-                    break  # nothing after the last picked frame needs decoding
+        if len(frames) == len(wanted):
+            break  # nothing after the last picked frame needs decoding
     if not frames:
         raise ValueError("no decodable frames in the video stream")
     return frames, stamps
@@ -146,13 +134,17 @@ def sample_frames(source, num_frames: int, strategy: str = "keyframes"):
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     import av
+    decode = _decode_keyframes if strategy == "keyframes" else _decode_uniform
     try:
-        scanned = _scan(source)
-        decode = _decode_keyframes if strategy == "keyframes" else _decode_uniform
-        frames, times = decode(source, num_frames, *scanned)
-        # A stream may change resolution midway; every frame takes the first one's.
-        width, height = frames[0].width, frames[0].height
-        rgb = np.stack([f.to_ndarray(format="rgb24", width=width, height=height) for f in frames])
+        with _open(source) as container:
+            stream = _video_stream(container)
+            packets = [p for p in container.demux(stream) if p.size]  # compressed: about the file's size
+            if not packets:
+                raise ValueError("no decodable frames in the video stream")
+            frames, times = decode(stream, packets, num_frames, *_timing(stream, packets))
+            # A stream may change resolution midway; every frame takes the first one's.
+            width, height = frames[0].width, frames[0].height
+            rgb = np.stack([f.to_ndarray(format="rgb24", width=width, height=height) for f in frames])
     except av.FFmpegError as e:  # FFmpeg's own errors: not a media file, truncated, corrupt
         raise ValueError(f"cannot decode video: {e}") from None
     return rgb, np.asarray(times, np.float64)

@@ -74,6 +74,25 @@ def unflatten_like(flat: Mapping, like, convert=lambda key, value, like_leaf: va
     return visit(like, ())
 
 
+def subtree(like, keys) -> dict:
+    """The nested dict `like` with only the leaves whose flat keys ("a/b/c") are in `keys`."""
+    wanted = set(keys)
+
+    def visit(node, path):
+        out = {}
+        for key, value in node.items():
+            here = path + (str(key),)
+            if isinstance(value, Mapping):
+                kept = visit(value, here)
+                if kept:
+                    out[key] = kept
+            elif "/".join(here) in wanted:
+                out[key] = value
+        return out
+
+    return visit(like, ())
+
+
 def leaf_paths(like) -> list[str]:
     paths: list[str] = []
 

@@ -3,11 +3,15 @@ devices, and the params and assets of its newest complete checkpoint. Evaluation
 scaling tools all start here.
 
 They need the params alone: the optimizer state (Adam's two moments, twice the params) is never
-read, and the params are sharded over every device (FSDP) rather than copied whole onto each, so
-a model loads wherever its params fit across the devices together."""
+read. `load_run` shards the params over every device (FSDP) rather than copying them whole onto
+each, so a model loads wherever its params fit across the devices together; `opened_run` gives
+export the params a group at a time, as host arrays, so it never holds the whole model."""
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
+from collections.abc import Iterator
 
 import jax
 import ml_collections
@@ -15,14 +19,55 @@ import ml_collections
 from omni import config as config_lib, parallel, storage
 from omni.checkpoint import Checkpoints
 from omni.modalities.text import BPETokenizer
-from omni.run.setup import build_setup
+from omni.run.bundle import flat_leaves, subtree
+from omni.run.setup import Setup, build_setup
 
 
-def load_run(workdir):
-    """A finished (or running) workdir (local, gs:// or s3://) -> (config, setup, params, assets,
-    step) of its newest checkpoint. The mesh is data=1 x fsdp=every device: each parameter is
-    sharded as training's FSDP axis shards it (any mesh restores any checkpoint). The setup's
-    state shardings and abstract state still describe the optimizer; nothing of it is restored."""
+@dataclasses.dataclass
+class OpenedRun:
+    """A workdir's newest checkpoint, open for reading: nothing of its arrays is read yet."""
+    config: ml_collections.ConfigDict
+    setup: Setup
+    step: int
+    assets: dict
+    checkpoints: Checkpoints
+
+    @property
+    def abstract_params(self) -> dict:
+        """The params' nested ShapeDtypeStructs, with the FSDP shardings of `setup.mesh`."""
+        return self.setup.abstract_state["params"]
+
+    def params(self):
+        """Every param, sharded over the devices as training's FSDP axis shards it."""
+        with jax.set_mesh(self.setup.mesh):
+            return self.checkpoints.restore_params(self.step, self.abstract_params)["params"]
+
+    def param_groups(self, max_bytes: int) -> Iterator[dict]:
+        """{"a/b/c": host numpy array} for consecutive groups of the params in sorted key order,
+        each group at most `max_bytes` (or a single larger tensor): the host holds one group."""
+        flat = flat_leaves(self.abstract_params)
+        group: list[str] = []
+        size = 0
+        for name in sorted(flat):
+            nbytes = flat[name].size * flat[name].dtype.itemsize
+            if group and size + nbytes > max_bytes:
+                yield self._read(group)
+                group, size = [], 0
+            group.append(name)
+            size += nbytes
+        if group:
+            yield self._read(group)
+
+    def _read(self, names: list[str]) -> dict:
+        restored = self.checkpoints.restore_params_to_host(self.step, subtree(self.abstract_params, names))
+        return flat_leaves(restored["params"])
+
+
+@contextlib.contextmanager
+def opened_run(workdir) -> Iterator[OpenedRun]:
+    """A finished (or running) workdir (local, gs:// or s3://) -> its newest checkpoint, open.
+    The mesh is data=1 x fsdp=every device (any mesh restores any checkpoint). The setup's state
+    shardings and abstract state still describe the optimizer; nothing of it is ever read."""
     workdir = storage.path(workdir)
     config_path = workdir / "config.json"
     if not config_path.exists():
@@ -37,11 +82,15 @@ def load_run(workdir):
         step = checkpoints.latest_step()
         if step is None:
             raise FileNotFoundError(f"{workdir / 'checkpoints'}: no complete checkpoint")
-        setup = build_setup(config, mesh)
-        with jax.set_mesh(mesh):
-            params = checkpoints.restore_params(step, setup.abstract_state["params"])["params"]
         saved = checkpoints.restore_assets(step)
+        assets = {**saved, "tokenizer": BPETokenizer.from_json(saved["tokenizer"])}
+        yield OpenedRun(config, build_setup(config, mesh), step, assets, checkpoints)
     finally:
         checkpoints.close()
-    assets = {**saved, "tokenizer": BPETokenizer.from_json(saved["tokenizer"])}
-    return config, setup, params, assets, step
+
+
+def load_run(workdir):
+    """A workdir -> (config, setup, params, assets, step) of its newest checkpoint, the params
+    sharded over every device (see `opened_run`)."""
+    with opened_run(workdir) as run:
+        return run.config, run.setup, run.params(), run.assets, run.step
