@@ -26,6 +26,7 @@ import grain
 import jax
 from absl import flags as absl_flags
 import numpy as np
+import threadpoolctl
 
 from omni import storage
 from omni.data import mixture
@@ -212,6 +213,14 @@ def decode_workers(config) -> int:
     return max(1, (os.cpu_count() or 2) - 1) if workers < 0 else workers
 
 
+def one_blas_thread(worker_index: int, worker_count: int) -> None:
+    """grain's worker init: numpy's BLAS on one thread. The workers are the parallelism; with
+    OpenBLAS's default of a thread per core, each worker's small products (mel filterbanks, the
+    smell basis) fought every other worker for the cores, and one worker built half the batches
+    that one thread of the parent did (docs/performance.md, "Host input")."""
+    threadpoolctl.threadpool_limits(1)
+
+
 def training_batches(source, config, assets, start_step: int = 0):
     """Iterator over (local numpy batch {set: arrays}, problems) for steps start_step .. train.steps-1,
     in step order whether one process builds them or data.workers processes do."""
@@ -232,7 +241,7 @@ def training_batches(source, config, assets, start_step: int = 0):
         # threads per worker, each prefetching, only fought over the cores).
         in_worker = grain.ReadOptions(num_threads=1, prefetch_buffer_size=1)
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=int(config.data.prefetch))
-        return iter(dataset.to_iter_dataset(in_worker).mp_prefetch(options))
+        return iter(dataset.to_iter_dataset(in_worker).mp_prefetch(options, worker_init_fn=one_blas_thread))
     options = grain.ReadOptions(num_threads=int(config.data.num_threads),
                                 prefetch_buffer_size=int(config.data.prefetch))
     return iter(dataset.to_iter_dataset(options))
