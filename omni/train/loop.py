@@ -49,6 +49,7 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
     workdir = storage.path(workdir)
     with Preemption() as preemption:
         parallel.maybe_initialize_distributed()  # before anything touches JAX (the logs do)
+        validate(config, jax.device_count())  # a config that cannot work fails before any data is read
         config = set_up_mixture(config)
         mesh = set_up_mesh(config, workdir)
         data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
