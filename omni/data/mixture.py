@@ -15,7 +15,7 @@ Rows come in multiples so that every sub-batch divides over the batch shards of 
 rows_multiple of them; 0 = auto, `rows_multiple`). A set of the data that gets no rows is counted and reported, never
 silently dropped (`Mixture.unused`).
 
-Each record's set comes from the index the build writes beside the records (`modalities-<split>.npz`);
+Each record's set comes from the index the build writes beside the records (omni.data.set_index);
 without one, the records are read once and the caller is told so.
 """
 from __future__ import annotations
@@ -188,15 +188,6 @@ def check_divides(mixture: Mixture, shards: int, processes: int) -> None:
 def held(record: dict, names) -> tuple[str, ...]:
     """The modalities of `names` that a record holds (an empty field is absent)."""
     return tuple(n for n in names if record.get(n) not in (None, "", b""))
-
-
-def write_modality_index(version_dir, split: str, records, names) -> None:
-    """Each record's modalities, as bits over `names`, written at build time."""
-    names = list(names)
-    masks = np.fromiter((sum(1 << i for i, n in enumerate(names) if r.get(n) not in (None, "", b""))
-                         for r in records), np.uint32)
-    with open(Path(version_dir) / MODALITY_INDEX.format(split=split), "wb") as f:
-        np.savez(f, masks=masks, names=np.array(names))
 
 
 def record_sets(source, configured) -> np.ndarray:

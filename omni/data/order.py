@@ -172,12 +172,13 @@ class EpochOrder:
 
 class SubsetOrder:
     """Position -> record index over a subset of the records (those of one modality set): the
-    EpochOrder of the subset, on its own seed stream. `indices`: the subset's record indices."""
+    EpochOrder of the subset, on its own seed stream. `indices`: the subset's record indices (an
+    array or anything indexed like one, such as a memory-mapped slice)."""
 
     def __init__(self, indices: np.ndarray, seed: int, stream: int, groups: np.ndarray | None = None,
                  group_size: int = 0):
-        self.indices = np.asarray(indices)
-        subset_groups = None if groups is None else np.asarray(groups)[self.indices]
+        self.indices = indices  # an array, or omni.data.set_index.MappedRecords: never copied whole
+        subset_groups = None if groups is None else np.asarray(groups)[np.asarray(indices[:])]
         self.order = EpochOrder(len(self.indices), seed, subset_groups, group_size, stream=stream)
 
     def records(self, positions) -> np.ndarray:

@@ -29,7 +29,7 @@ import numpy as np
 import threadpoolctl
 
 from omni import storage
-from omni.data import mixture
+from omni.data import mixture, set_index
 from omni.data.default import ensure_default_dataset
 from omni.data.order import SubsetOrder
 from omni.data.records import open_split
@@ -112,7 +112,7 @@ def mixture_of(config, source=None) -> mixture.Mixture:
         return mixture.resolve(config)
     source = source if source is not None else open_training_split(config)
     configured = list(config.modalities.keys())
-    return mixture.resolve(config, mixture.set_counts(mixture.record_sets(source, configured), configured))
+    return mixture.resolve(config, set_index.set_counts(set_index.records_of_sets(source, configured), configured))
 
 
 def slot_layout(config, resolved=None) -> list[tuple[tuple[str, ...], int, dict]]:
@@ -142,12 +142,12 @@ def with_text_lengths(config, source, assets, sample: int = 1000, coverage: floa
     if "text" not in config.modalities or str(config.data.get("text_lengths", "") or "auto") != "auto":
         return config
     configured = list(config.modalities.keys())
-    masks = mixture.record_sets(source, configured)
+    sets = set_index.records_of_sets(source, configured)
     longest, lengths = int(config.modalities.text.max_len), []
     for sub in mixture_of(config, source).sub_batches:
         if "text" not in sub.modalities:
             continue
-        indices = np.flatnonzero(masks == mixture.mask_of(sub.modalities, configured))
+        indices = sets.get(mixture.mask_of(sub.modalities, configured), np.zeros(0, np.int64))
         spaced = np.linspace(0, len(indices) - 1, min(sample, len(indices))).astype(int)
         picked = indices[spaced] if len(indices) else []
         counts = [len(assets["tokenizer"].encode(source[int(i)]["text"])) for i in picked]
@@ -185,17 +185,17 @@ class BatchReader:
 def batch_plans(source, config, assets) -> list:
     """[(sub-batch, seed stream, order, encoder)] per set of the mixture."""
     configured = list(config.modalities.keys())
-    masks = mixture.record_sets(source, configured)
-    resolved = mixture.resolve(config, mixture.set_counts(masks, configured))
+    sets = set_index.records_of_sets(source, configured)
+    resolved = mixture.resolve(config, set_index.set_counts(sets, configured))
     mixture.check_divides(resolved, 1, jax.process_count())
     lengths = mixture.text_lengths(config, resolved)
     group_size = int(config.data.get("group_size", 0))
     groups = source.groups() if group_size > 1 else None
     plans = []
     for sub in resolved.sub_batches:
-        indices = np.flatnonzero(masks == mixture.mask_of(sub.modalities, configured))
+        indices = sets.get(mixture.mask_of(sub.modalities, configured), np.zeros(0, np.int64))
         if len(indices) == 0:
-            held = ", ".join(mixture.set_name(s) or "(none)" for s in mixture.set_counts(masks, configured))
+            held = ", ".join(mixture.set_name(s) or "(none)" for s in set_index.set_counts(sets, configured))
             raise DataError(f"data.mixture gives {sub.rows} rows to {sub.name}, but the training split "
                             f"{source.path} holds no record of that set (it holds: {held})")
         stream = mixture.stream_of(sub.modalities)

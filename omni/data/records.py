@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from omni import storage
-from omni.data import mixture
+from omni.data import set_index
 from omni.errors import DataError
 from omni.modalities import registry
 
@@ -147,7 +147,7 @@ def write_dataset(splits: dict[str, list[dict]], out_dir: str | Path) -> Path:
         written = Split(out_dir, split)
         in_order = [written[i] for i in range(len(written))]
         write_group_index(version_dir, split, (r.get("group", "") for r in in_order))
-        mixture.write_modality_index(version_dir, split, in_order, registry.MODALITIES)
+        set_index.write_modality_index(version_dir, split, in_order, registry.MODALITIES)
     return out_dir
 
 
