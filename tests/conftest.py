@@ -65,7 +65,8 @@ def default_data():
 def pytest_xdist_auto_num_workers(config):
     """`-n auto` (pyproject's addopts): one worker more than the cores. Many tests wait on the
     processes they start (SLURM jobs, launchers, servers), which leaves cores idle with one worker
-    per core. On the 2-core CI machine, three workers ran the clean-clone suite in 12 min 33 s
-    using 21.4 CPU-minutes (85% of the two cores; `time bash .ci/run`, install included)."""
+    per core. On the 2-core CI machine, three workers ran the clean-clone suite in 12 min 33 s;
+    `time bash .ci/run` gave 13 min 37 s and 21.4 CPU-minutes, install included: 79% of the two
+    cores."""
     return (os.cpu_count() or 1) + 1
 
