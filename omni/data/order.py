@@ -173,11 +173,11 @@ class EpochOrder:
 class SubsetOrder:
     """Position -> record index over a subset of the records (those of one modality set): the
     EpochOrder of the subset, on its own seed stream. `indices`: the subset's record indices (an
-    array or anything indexed like one, such as a memory-mapped slice)."""
+    array or anything indexed like one, such as a range of a file read on demand)."""
 
     def __init__(self, indices: np.ndarray, seed: int, stream: int, groups: np.ndarray | None = None,
                  group_size: int = 0):
-        self.indices = indices  # an array, or omni.data.set_index.MappedRecords: never copied whole
+        self.indices = indices  # an array, or omni.data.set_index.RecordsOnDisk: never copied whole
         subset_groups = None if groups is None else np.asarray(groups)[np.asarray(indices[:])]
         self.order = EpochOrder(len(self.indices), seed, subset_groups, group_size, stream=stream)
 
