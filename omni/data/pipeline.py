@@ -217,7 +217,7 @@ def one_blas_thread(worker_index: int, worker_count: int) -> None:
     """grain's worker init: numpy's BLAS on one thread. The workers are the parallelism; with
     OpenBLAS's default of a thread per core, each worker's small products (mel filterbanks, the
     smell basis) fought every other worker for the cores, and one worker built half the batches
-    that one thread of the parent did (docs/performance.md, "Host input")."""
+    that one thread of the parent did (docs/data.md, "Host input")."""
     threadpoolctl.threadpool_limits(1)
 
 
