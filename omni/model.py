@@ -15,6 +15,7 @@ does not grow with depth; `model.remat` picks what the backward pass recomputes.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
 import jax
@@ -25,7 +26,7 @@ from jax.ad_checkpoint import checkpoint_name
 from omni import mae, mup
 from omni.modalities import registry
 from omni.nn import Dense, LayerNorm, layer_norm, matmul, param, transposed
-from omni.parallel import constrain, logical_to_spec, multi_device_mesh
+from omni.parallel import batch_shards, constrain, logical_to_spec, multi_device_mesh
 
 MASK_VALUE = -1e9  # finite, so a row with every key masked gives a uniform softmax, never NaN
 
@@ -226,18 +227,42 @@ class Transformer(nnx.Module):
 
     def __call__(self, x, key_valid):
         """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
+        return self.run([(x, key_valid)])[0]
+
+    def run(self, sequences):
+        """Several passes in one: `sequences` is [(x [B_i, T_i, D], key_valid [B_i, T_i])], each
+        its own batch of rows attending only within a row, as `__call__` would run them one by
+        one. The token-wise work (layer norms, projections, MLP) runs once per layer over every
+        pass's tokens together, and only attention runs per pass: so each weight is read, and
+        its gradient made, once per layer rather than once per pass, and a pass of a few rows
+        (a smell sub-batch's 9-token rows) still multiplies in a product of useful size.
+
+        Tokens of the passes are joined shard by shard (omni.sub_batches.concat_rows), so that
+        under a mesh each device keeps its own rows: h is [shards, tokens per shard, D]."""
         layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
         dtype, residual_dtype = self.dtype, self.residual_dtype
-        attention = attention_implementation(self.attention, x.shape[1])
-        scale = self.attention_scale
-        reorder = attention in ("xla", "cudnn")
-        if reorder:
-            x, counts, restore = valid_tokens_first(x, key_valid)
-        if attention == "einsum":
-            bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
-
-        # under remat the blocks' inputs are recomputed for the backward pass: see `matmul`
+        scale, shards = self.attention_scale, batch_shards()
+        plans = []  # per pass: (implementation, its [B, T] shape, its attention input)
+        xs = []
+        for x, key_valid in sequences:
+            attention = attention_implementation(self.attention, x.shape[1])
+            restore = counts = None
+            if attention in ("xla", "cudnn"):
+                x, counts, restore = valid_tokens_first(x, key_valid)
+            plans.append((attention, x.shape[:2], key_valid, counts, restore))
+            xs.append(x.reshape(shards, -1, x.shape[-1]))
+        sizes = [x.shape[1] for x in xs]
         project = functools.partial(matmul, dtype=dtype, x_rematerialized=self.remat != "none")
+
+        def attend(q, k, v):
+            """Each pass's attention over its own rows: q, k, v [shards, tokens, heads, hd]."""
+            out = []
+            for (attention, shape, key_valid, counts, _), q_i, k_i, v_i in zip(
+                    plans, *(split_tokens(a, sizes) for a in (q, k, v))):
+                q_i, k_i, v_i = (a.reshape(*shape, *a.shape[2:]) for a in (q_i, k_i, v_i))
+                out.append(attend_rows(attention, q_i, k_i, v_i, key_valid, counts, scale, dtype)
+                           .reshape(shards, -1, *q.shape[2:]))
+            return jnp.concatenate(out, axis=1) if len(out) > 1 else out[0]
 
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
@@ -245,32 +270,45 @@ class Transformer(nnx.Module):
             q = project(y, p["wq"], spec="btd,dhk->bthk")
             k = project(y, p["wk"], spec="btd,dhk->bthk")
             v = project(y, p["wv"], spec="btd,dhk->bthk")
-            if attention == "einsum":
-                logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
-                weights = jax.nn.softmax(logits, axis=-1)
-                attended = matmul(weights, v, dtype, "bhqt,bthk->bqhk")
-            elif attention == "blocked":
-                attended = checkpoint_name(blocked_attention(q, k, v, key_valid, scale, dtype), "attention")
-            else:
-                attended = jax.nn.dot_product_attention(
-                    q.astype(dtype), k.astype(dtype), v.astype(dtype), scale=scale,
-                    key_value_seq_lengths=counts, implementation=attention)
-            h = h + project(attended, p["wo"], spec="bqhk,hkd->bqd")
+            h = h + project(attend(q, k, v), p["wo"], spec="bqhk,hkd->bqd")
             y = layer_norm(h, p["ln2_scale"], p["ln2_bias"])
             y = jax.nn.gelu(project(y, p["w_in"], spec="btd,df->btf") + p["b_in"])
             return (h + project(y, p["w_out"], spec="btf,fd->btd") + p["b_out"]).astype(residual_dtype)
 
         if self.remat != "none":
             block = jax.checkpoint(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
-        x = x.astype(residual_dtype)
+        h = (jnp.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]).astype(residual_dtype)
         if self.scan_layers:
-            x, _ = jax.lax.scan(lambda h, p: (block(h, p), None), x, layers)
+            h, _ = jax.lax.scan(lambda h, p: (block(h, p), None), h, layers)
         else:
             for i in range(self.ln1_scale.shape[0]):
-                x = block(x, jax.tree.map(lambda a: a[i], layers))
-        if reorder:  # back to the stems' order, without the padding
-            x = jnp.take_along_axis(x, restore[:, :, None], axis=1)[:, :key_valid.shape[1]]
-        return x.astype(jnp.float32)
+                h = block(h, jax.tree.map(lambda a: a[i], layers))
+        outputs = []
+        for (_, shape, key_valid, _, restore), h_i in zip(plans, split_tokens(h, sizes)):
+            h_i = h_i.reshape(*shape, h.shape[-1])
+            if restore is not None:  # back to the stems' order, without the padding
+                h_i = jnp.take_along_axis(h_i, restore[:, :, None], axis=1)[:, :key_valid.shape[1]]
+            outputs.append(h_i.astype(jnp.float32))
+        return outputs
+
+
+def split_tokens(h, sizes: list[int]) -> list:
+    """[shards, sum(sizes), ...] -> one [shards, size, ...] per pass (the inverse of the join)."""
+    bounds = [0, *itertools.accumulate(sizes)]
+    return [h[:, lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def attend_rows(attention, q, k, v, key_valid, counts, scale, dtype):
+    """One pass's attention, q, k, v [B, T, heads, head_dim] -> [B, T, heads, head_dim], by
+    `attention_implementation`'s choice for its length."""
+    if attention == "einsum":
+        bias = jnp.where(key_valid, 0.0, MASK_VALUE)[:, None, None, :]  # [B, 1(heads), 1(queries), T]
+        logits = matmul(q, k, dtype, "bqhk,bthk->bhqt") * scale + bias
+        return matmul(jax.nn.softmax(logits, axis=-1), v, dtype, "bhqt,bthk->bqhk")
+    if attention == "blocked":
+        return checkpoint_name(blocked_attention(q, k, v, key_valid, scale, dtype), "attention")
+    return jax.nn.dot_product_attention(q.astype(dtype), k.astype(dtype), v.astype(dtype), scale=scale,
+                                        key_value_seq_lengths=counts, implementation=attention)
 
 
 def build_stems(config, rngs) -> dict:
@@ -324,27 +362,38 @@ class Omni(nnx.Module):
 
     def embed(self, name, inputs):
         """Unimodal pass on clean inputs -> L2-normalised embedding [B, embed_dim] (f32)."""
+        return self.embedding(name, self.encoder(*self.unimodal_sequence(name, inputs)))
+
+    def unimodal_sequence(self, name, inputs):
+        """A modality's clean inputs as the unimodal pass's (x, valid): CLS first."""
         tokens, valid = self.stems[name].embed(inputs, self.dtype)
-        x, valid = self.sequence(name, tokens, valid, jnp.ones(tokens.shape[0], bool))
-        h = self.encoder(x, valid)
-        z = self.projections[name](self.final_norm(h[:, 0]), self.dtype) * self.output_multiplier
+        return self.sequence(name, tokens, valid, jnp.ones(tokens.shape[0], bool))
+
+    def embedding(self, name, hidden):
+        """The unimodal pass's hidden states -> the L2-normalised projection of its CLS."""
+        z = self.projections[name](self.final_norm(hidden[:, 0]), self.dtype) * self.output_multiplier
         return z * jax.lax.rsqrt(jnp.sum(z * z, axis=-1, keepdims=True) + 1e-12)
 
     def fused(self, blocks):
         """blocks: name -> (tokens [B, L, D], valid [B, L] incl. presence), for the modalities of
         one sub-batch. One pass over their concatenation (in model order); returns name -> hidden
         states of that modality's tokens (CLS dropped)."""
+        x, valid = self.fused_sequence(blocks)
+        return self.fused_states(blocks, self.encoder(x, valid))
+
+    def fused_sequence(self, blocks):
+        """The fused pass's (x, valid): the blocks concatenated in model order."""
         names = [name for name in self.modality_names if name in blocks]
-        xs, valids, lengths = [], [], []
-        for name in names:
-            x, valid = blocks[name]
-            xs.append(x)
-            valids.append(valid)
-            lengths.append(x.shape[1])
-        h = self.encoder(jnp.concatenate(xs, axis=1), jnp.concatenate(valids, axis=1))
-        h = self.final_norm(h)
+        return (jnp.concatenate([blocks[n][0] for n in names], axis=1),
+                jnp.concatenate([blocks[n][1] for n in names], axis=1))
+
+    def fused_states(self, blocks, hidden):
+        """The fused pass's hidden states, final-normed, split back into name -> that modality's
+        tokens (CLS dropped)."""
+        h = self.final_norm(hidden)
         out, start = {}, 0
-        for name, length in zip(names, lengths):
+        for name in [name for name in self.modality_names if name in blocks]:
+            length = blocks[name][0].shape[1]
             out[name] = h[:, start + 1: start + length]
             start += length
         return out

@@ -19,6 +19,7 @@ with nothing to score adds exactly 0.
 from __future__ import annotations
 
 import itertools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -42,18 +43,40 @@ def cooccurring_pairs(model, batch) -> list[tuple[str, str]]:
     return [(a, b) for a, b in itertools.combinations(model.modality_names, 2) if holding(batch, a, b)]
 
 
-def unimodal_embeddings(model, batch) -> dict[str, dict]:
-    """name -> {set name: embeddings of that sub-batch's rows}: the unimodal pass of a modality
-    runs over the rows of every sub-batch that has it, and on no other row (once per distinct
-    shape: text has a length per set)."""
+class UnimodalPass(NamedTuple):
+    """One modality's unimodal pass over the rows of the sub-batches in `sizes` (set name -> rows)."""
+    name: str
+    sizes: dict
+    sequence: tuple
+
+
+def unimodal_passes(model, batch) -> list[UnimodalPass]:
+    """The unimodal pass of a modality runs over the rows of every sub-batch that has it, and on
+    no other row (once per distinct shape: text has a length per set)."""
     shards = batch_shards()
-    out = {}
+    passes = []
     for name in model.modality_names:
         for subs in same_shapes(holding(batch, name), name):
-            z = model.embed(name, modality_inputs(subs.values(), name, shards))
-            sizes = [sub[f"{name}/present"].shape[0] for sub in subs.values()]
-            out.setdefault(name, {}).update(zip(subs, split_rows(z, sizes, shards)))
+            sequence = model.unimodal_sequence(name, modality_inputs(subs.values(), name, shards))
+            passes.append(UnimodalPass(name, {s: sub[f"{name}/present"].shape[0] for s, sub in subs.items()},
+                                       sequence))
+    return passes
+
+
+def embeddings_of(model, passes: list[UnimodalPass], hiddens) -> dict[str, dict]:
+    """name -> {set name: embeddings of that sub-batch's rows}, from the passes' hidden states."""
+    shards = batch_shards()
+    out = {}
+    for one, hidden in zip(passes, hiddens):
+        z = model.embedding(one.name, hidden)
+        out.setdefault(one.name, {}).update(zip(one.sizes, split_rows(z, list(one.sizes.values()), shards)))
     return out
+
+
+def unimodal_embeddings(model, batch) -> dict[str, dict]:
+    """name -> {set name: embeddings of that sub-batch's rows} (`unimodal_passes`, run together)."""
+    passes = unimodal_passes(model, batch)
+    return embeddings_of(model, passes, model.encoder.run([p.sequence for p in passes]))
 
 
 def pair_rows(batch, embeddings, a, b, shards):
@@ -109,33 +132,58 @@ def masked_block(model, name, sub, keys, present):
             lambda h: model.stems[name].reconstruction_loss(h, target, model.dtype), weight)
 
 
-def masked_losses(model, batch, rng, config):
-    """One fused pass per sub-batch, over masked inputs of that sub-batch's modalities only ->
-    {objective: loss} for each masked objective and mmm. An example whose present modalities are
-    one scores that modality's objective, one with two or more scores mmm; each objective is
-    the mean over all its masked positions in the whole batch. Under model.mae the image and
-    video blocks hold their visible patches only (`masked_block`)."""
+class MaskedPass(NamedTuple):
+    """One sub-batch's fused pass: its blocks, how each modality's output is scored
+    (`masked_block`), and which rows hold two or more modalities (scored by mmm)."""
+    blocks: dict
+    scores: dict
+    multimodal: jax.Array
+    sequence: tuple
+
+
+def masked_passes(model, batch, rng) -> list[MaskedPass]:
+    """One fused pass per sub-batch, over masked inputs of that sub-batch's modalities only.
+    Under model.mae the image and video blocks hold their visible patches only (`masked_block`)."""
     names = model.modality_names
-    sums = {obj: 0.0 for obj in [registry.get(n).objective for n in names] + ["mmm"]}
-    counts = dict.fromkeys(sums, 0.0)
+    passes = []
     for sub in batch.values():
         held = [n for n in names if f"{n}/present" in sub]
         present = {n: sub[f"{n}/present"] for n in held}
-        multimodal = sum(p.astype(jnp.int32) for p in present.values()) >= 2
         blocks, scores = {}, {}
         for name in held:
             keys = row_keys(rng, sub, names.index(name))
             block, score, weight = masked_block(model, name, sub, keys, present[name])
             blocks[name], scores[name] = block, (score, weight)
-        hidden = model.fused(blocks)
-        for name in held:
-            score, weight = scores[name]
-            per_position = score(hidden[name])
-            for objective, w in ((registry.get(name).objective, weight * (~multimodal)[:, None]),
-                                 ("mmm", weight * multimodal[:, None])):
+        multimodal = sum(p.astype(jnp.int32) for p in present.values()) >= 2
+        passes.append(MaskedPass(blocks, scores, multimodal, model.fused_sequence(blocks)))
+    return passes
+
+
+def masked_losses_of(model, passes: list[MaskedPass], hiddens) -> dict:
+    """{objective: loss} for each masked objective and mmm, from the fused passes' hidden states.
+    An example whose present modalities are one scores that modality's objective, one with two
+    or more scores mmm; each objective is the mean over all its masked positions in the batch."""
+    objectives = [registry.get(n).objective for n in model.modality_names] + ["mmm"]
+    sums, counts = dict.fromkeys(objectives, 0.0), dict.fromkeys(objectives, 0.0)
+    for one, hidden in zip(passes, hiddens):
+        states = model.fused_states(one.blocks, hidden)
+        for name, (score, weight) in one.scores.items():
+            per_position = score(states[name])
+            for objective, w in ((registry.get(name).objective, weight * (~one.multimodal)[:, None]),
+                                 ("mmm", weight * one.multimodal[:, None])):
                 sums[objective] = sums[objective] + jnp.sum(jnp.where(w > 0, per_position * w, 0.0))
                 counts[objective] = counts[objective] + jnp.sum(w)
     return {obj: sums[obj] / jnp.maximum(counts[obj], 1.0) for obj in sums}
+
+
+def run_passes(model, batch, rng, masked: bool, unimodal: bool):
+    """The step's fused and unimodal passes as ONE encoder call (omni.model.Transformer.run):
+    -> (masked losses or None, unimodal embeddings or None)."""
+    fused = masked_passes(model, batch, rng) if masked else []
+    single = unimodal_passes(model, batch) if unimodal else []
+    hiddens = model.encoder.run([p.sequence for p in fused + single])
+    return (masked_losses_of(model, fused, hiddens[:len(fused)]) if masked else None,
+            embeddings_of(model, single, hiddens[len(fused):]) if unimodal else None)
 
 
 def total_loss(model, batch, rng, config):
@@ -146,13 +194,12 @@ def total_loss(model, batch, rng, config):
     batch = as_sub_batches(batch)
     metrics = {}
     total = 0.0
-    if any(name not in ("contrastive", "itm") for name in weights):
-        for name, loss in masked_losses(model, batch, rng, config).items():
-            metrics[f"loss/{name}"] = loss
-            total = total + weights.get(name, 0.0) * loss
-    embeddings = None
-    if weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0:
-        embeddings = unimodal_embeddings(model, batch)
+    masked = any(name not in ("contrastive", "itm") for name in weights)
+    unimodal = weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0
+    losses, embeddings = run_passes(model, batch, rng, masked, unimodal)
+    for name, loss in (losses or {}).items():
+        metrics[f"loss/{name}"] = loss
+        total = total + weights.get(name, 0.0) * loss
     if weights.get("contrastive", 0.0) > 0:
         pairs = contrastive_losses(model, batch, config, embeddings)
         # Summed, not averaged: every pair is its own objective, so a fifth modality does not

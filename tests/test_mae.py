@@ -38,7 +38,7 @@ def make_batch(config, seed):
 
 
 def encoder_and_decoder(model, batch):
-    """The fused pass over masked text and visible-only image (as masked_losses runs it) -> (the
+    """The fused pass over masked text and visible-only image (as objectives.masked_passes builds it) -> (the
     encoder's states of the visible image tokens, the decoder's predictions, the image's patches)."""
     names = model.modality_names
     blocks = {}
