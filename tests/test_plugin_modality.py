@@ -216,9 +216,9 @@ ABSENT_COST = textwrap.dedent('''
 
 
 def test_an_absent_sixth_modality_costs_a_text_image_step_nothing(plugin_env):
-    """Configured but absent from every example, IMU adds no sub-batch and no pass: the step's
-    FLOPs are the same, and its compiled program is within 5% (IMU's parameters still get their
-    optimizer update)."""
+    """Configured but absent from every example, IMU adds no sub-batch and no pass, and its
+    parameters no optimizer update (omni.run.frozen): the step's FLOPs are the same, and its
+    compiled program is within 5%."""
     _, env = plugin_env
     results = {}
     for variant in ("plain", "imu"):

@@ -26,6 +26,7 @@ from omni.errors import ConfigError
 from omni.flops import real_work
 from omni.modalities import registry
 from omni.model import Omni
+from omni.run.frozen import frozen_mask, update_trained
 
 
 def step_arguments(config) -> dict:
@@ -295,8 +296,11 @@ def make_train_step(config, graphdef, lr_multipliers):
 
         (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
+        # the parameters of a configured modality that no sub-batch holds stay as they are
+        absent = [n for n in config.modalities if not sub_batches.holding(batch, n)]
+        frozen = frozen_mask(state["params"], absent)
+        updates, opt_state = update_trained(tx, grads, state["opt_state"], state["params"], frozen)
+        params = jax.tree.map(lambda p, u, f: p if f else optax.apply_updates(p, u), state["params"], updates, frozen)
         # A non-finite loss or gradient skips the update (the data still moves on) and is counted.
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         keep_if_finite = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)  # noqa: E731
