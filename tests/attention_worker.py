@@ -9,7 +9,7 @@ from flax import nnx
 from jax.sharding import NamedSharding
 
 from omni import parallel
-from omni.model import Transformer
+from omni.transformer import Transformer
 from tests.conftest import small_config
 
 

@@ -140,10 +140,10 @@ def test_other_attentions_equal_the_written_out_one(attention, length, monkeypat
     (example, head) in blocks of queries (300 tokens: 2 blocks of 150, by a smaller tile). Outputs
     and gradients must equal the einsum path's, with invalid tokens scattered through the
     sequence and one example without any valid token."""
-    from omni import model
-    from omni.model import Transformer
-    monkeypatch.setattr(model, "TILE_SCORES", 300 * 150)
-    assert model.query_block(300) == 150
+    from omni import attention as attention_module
+    from omni.transformer import Transformer
+    monkeypatch.setattr(attention_module, "TILE_SCORES", 300 * 150)
+    assert attention_module.query_block(300) == 150
     config = small_config()
     reference = Transformer(config, nnx.Rngs(params=0))
     library = Transformer(small_config(f"--config.model.attention={attention}"), nnx.Rngs(params=0))

@@ -98,7 +98,7 @@ def test_dots_remat_keeps_the_projection_outputs(dtype, capsys):
     from flax import nnx
     from jax.ad_checkpoint import print_saved_residuals
 
-    from omni.model import Transformer
+    from omni.transformer import Transformer
 
     def saved_projection_outputs(remat):
         config = small_config(f"--config.model.dtype={dtype}", f"--config.model.remat={remat}",
