@@ -54,6 +54,11 @@ def get_config():
         # decoder_width, 0 = the model width; 64 = half of tiny's) reconstructs the masked ones
         # from mask tokens. Off: masked patches become a mask token in the encoder (FLAVA/BEiT).
         mae=False, decoder_depth=1, decoder_width=64,
+        # The token rows that layer norms, projections and MLP compute on, as a share of the
+        # step's token slots (omni/transformer.py): each batch shard's valid tokens, packed
+        # first. A step whose valid tokens do not fit runs every slot (the same result, slower).
+        # 0 = measured on the run's first batches (omni/run/capacity.py); 1 = off.
+        token_capacity=0.0,
     ))
     c.modalities = ml_collections.ConfigDict(dict(
         text=ml_collections.ConfigDict(dict(max_len=24, vocab_size=1024)),

@@ -55,6 +55,11 @@ class StepWork:
     def transformer(self, tokens):
         return self.depth * layer_flops(tokens, self.width, self.hidden)
 
+    def token_wise_per_row(self) -> float:
+        """Training FLOPs of one token row through every layer's norms, projections and MLP:
+        what a row that token compaction leaves out (model.token_capacity) does not cost."""
+        return 3.0 * self.depth * 2 * (4 * self.width ** 2 + 2 * self.width * self.hidden)
+
     def fused_tokens(self, name, tokens, present):
         """A modality's tokens in the fused pass: all its `tokens` (CLS included), or under MAE
         its CLS and the visible share of its patches."""
@@ -123,15 +128,23 @@ def model_flops_per_step(config, sub_batches=None) -> float:
     return StepWork(config).slot_flops(sub_batches)
 
 
+def computed_flops(config, slot_flops: float, counts: dict) -> float:
+    """Training FLOPs a step computed: `slot_flops` (every token slot, `model_flops_per_step`)
+    less the token-wise work of the rows that token compaction left out (`counts`: the encoder's
+    "encoder_slots" and "encoder_rows", omni.transformer.Transformer.run)."""
+    left_out = counts["encoder_slots"] - counts["encoder_rows"]
+    return slot_flops - StepWork(config).token_wise_per_row() * left_out
+
+
 def real_work(model, batch, config) -> dict:
     """Inside the step, on a batch of sub-batches (omni.sub_batches.as_sub_batches):
-    {"real_flops": training FLOPs on present, non-padding tokens,
-    "real_tokens": those tokens (CLS included), "token_slots": the token slots computed}, summed
-    over the sub-batches of `batch`. A token is real when its modality is present in the row and
+    {"real_flops": training FLOPs on present, non-padding tokens, "real_tokens": those tokens
+    (CLS included)}, summed over the sub-batches of `batch`. (The token rows the encoder computed,
+    and their share of real tokens, come from the loss: omni.objectives.run_passes.) A token is real when its modality is present in the row and
     its stem calls it valid (text: not padding); the stem's tokens themselves are dead code here
     and compile away."""
     work = StepWork(config)
-    flops = tokens = slots = 0.0
+    flops = tokens = 0.0
     for sub in batch.values():
         names = [n for n in model.modality_names if f"{n}/present" in sub]
         present = {n: sub[f"{n}/present"].astype(jnp.float32) for n in names}
@@ -139,7 +152,6 @@ def real_work(model, batch, config) -> dict:
         for name in names:
             valid = model.stems[name].embed(sub, model.dtype)[1]
             counts[name] = present[name] * (1.0 + jnp.sum(valid, axis=1, dtype=jnp.float32))
-            slots += valid.shape[0] * (valid.shape[1] + 1)  # this sub-batch's own slots
         flops += jnp.sum(work.rows_forward(counts, present))
         tokens += sum(jnp.sum(c) for c in counts.values())
         for a, b in work.itm_pairs:
@@ -150,7 +162,7 @@ def real_work(model, batch, config) -> dict:
                 fraction = 1.0 if not work.itm_rows else \
                     jnp.minimum(1.0, work.itm_rows / jnp.maximum(jnp.sum(both), 1.0))
                 flops += jnp.sum(per_row) * fraction
-    return {"real_flops": 3.0 * flops, "real_tokens": tokens, "token_slots": jnp.float32(slots)}
+    return {"real_flops": 3.0 * flops, "real_tokens": tokens}
 
 
 def token_slots_per_step(config, sub_batches) -> int:

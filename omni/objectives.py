@@ -177,13 +177,13 @@ def masked_losses_of(model, passes: list[MaskedPass], hiddens) -> dict:
 
 
 def run_passes(model, batch, rng, masked: bool, unimodal: bool):
-    """The step's fused and unimodal passes as ONE encoder call (omni.model.Transformer.run):
-    -> (masked losses or None, unimodal embeddings or None)."""
+    """The step's fused and unimodal passes as ONE encoder call (omni.transformer.Transformer.run)
+    -> (masked losses or None, unimodal embeddings or None, the encoder's token counts)."""
     fused = masked_passes(model, batch, rng) if masked else []
     single = unimodal_passes(model, batch) if unimodal else []
-    hiddens = model.encoder.run([p.sequence for p in fused + single])
+    hiddens, counts = model.encoder.run([p.sequence for p in fused + single], counts=True)
     return (masked_losses_of(model, fused, hiddens[:len(fused)]) if masked else None,
-            embeddings_of(model, single, hiddens[len(fused):]) if unimodal else None)
+            embeddings_of(model, single, hiddens[len(fused):]) if unimodal else None, counts)
 
 
 def total_loss(model, batch, rng, config):
@@ -196,7 +196,8 @@ def total_loss(model, batch, rng, config):
     total = 0.0
     masked = any(name not in ("contrastive", "itm") for name in weights)
     unimodal = weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0
-    losses, embeddings = run_passes(model, batch, rng, masked, unimodal)
+    losses, embeddings, counts = run_passes(model, batch, rng, masked, unimodal)
+    metrics.update(counts)  # the token rows the encoder computed, and how many were real
     for name, loss in (losses or {}).items():
         metrics[f"loss/{name}"] = loss
         total = total + weights.get(name, 0.0) * loss

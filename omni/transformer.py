@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -68,12 +69,14 @@ class Transformer(nnx.Module):
         self.scan_layers = m.scan_layers
         self.attention = m.attention
         self.attention_scale = mup.attention_scale(config, head_dim)
+        # the token rows the token-wise work is computed on, as a share of the passes' slots
+        self.token_capacity = float(m.get("token_capacity", 1.0))
 
     def __call__(self, x, key_valid):
         """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
         return self.run([(x, key_valid)])[0]
 
-    def run(self, sequences):
+    def run(self, sequences, counts: bool = False):
         """Several passes in one: `sequences` is [(x [B_i, T_i, D], key_valid [B_i, T_i])], each
         its own batch of rows attending only within a row, as `__call__` would run them one by
         one. The token-wise work (layer norms, projections, MLP) runs once per layer over every
@@ -82,31 +85,68 @@ class Transformer(nnx.Module):
         (a smell sub-batch's 9-token rows) still multiplies in a product of useful size.
 
         Tokens of the passes are joined shard by shard (omni.sub_batches.concat_rows), so that
-        under a mesh each device keeps its own rows: h is [shards, tokens per shard, D]."""
-        layers = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
-        dtype, residual_dtype = self.dtype, self.residual_dtype
-        scale, shards = self.attention_scale, batch_shards()
-        plans = []  # per pass: (implementation, its [B, T] shape, its attention input)
-        xs = []
+        under a mesh each device keeps its own rows: h is [shards, tokens per shard, D].
+
+        With model.token_capacity below 1, the token-wise work runs on that share of the rows
+        only, holding every valid token (`compacted`); the outputs at valid tokens are the same.
+        -> the outputs, and with `counts` also {"encoder_tokens": the valid tokens,
+        "encoder_rows": the token rows computed, "encoder_slots": every pass's slots}."""
+        shards = batch_shards()
+        plans, xs, valids = [], [], []  # per pass: (implementation, [B, T], key_valid, lengths, restore)
         for x, key_valid in sequences:
             attention = attention_implementation(self.attention, x.shape[1])
-            restore = counts = None
+            restore = lengths = None
+            valid = key_valid
             if attention in ("xla", "cudnn"):
-                x, counts, restore = valid_tokens_first(x, key_valid)
-            plans.append((attention, x.shape[:2], key_valid, counts, restore))
+                x, lengths, restore = valid_tokens_first(x, key_valid)
+                valid = jnp.arange(x.shape[1])[None, :] < jnp.sum(key_valid, axis=1, keepdims=True)
+            plans.append((attention, x.shape[:2], key_valid, lengths, restore))
             xs.append(x.reshape(shards, -1, x.shape[-1]))
+            valids.append(valid.reshape(shards, -1))
         sizes = [x.shape[1] for x in xs]
+        h = (jnp.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]).astype(self.residual_dtype)
+        valid = jnp.concatenate(valids, axis=1) if len(valids) > 1 else valids[0]
+        layers = functools.partial(self._layers, plans=plans, sizes=sizes)
+        tokens = h.shape[1]
+        share = self.token_capacity if 0 < self.token_capacity < 1 else 1.0  # 0: not measured (omni.run.capacity)
+        capacity = min(tokens, -(-int(math.ceil(share * tokens)) // 8) * 8)
+        if capacity < tokens:
+            fits = jnp.all(jnp.sum(valid, axis=1) <= capacity)
+            h = jax.lax.cond(fits, functools.partial(compacted, layers, valid=valid, capacity=capacity), layers, h)
+            rows = jnp.where(fits, capacity, tokens) * shards
+        else:
+            h, rows = layers(h), tokens * shards
+        outputs = []
+        for (_, shape, key_valid, _, restore), h_i in zip(plans, split_tokens(h, sizes)):
+            h_i = h_i.reshape(*shape, h.shape[-1])
+            if restore is not None:  # back to the stems' order, without the padding
+                h_i = jnp.take_along_axis(h_i, restore[:, :, None], axis=1)[:, :key_valid.shape[1]]
+            outputs.append(h_i.astype(jnp.float32))
+        if not counts:
+            return outputs
+        return outputs, {"encoder_tokens": jnp.sum(valid, dtype=jnp.float32), "encoder_rows": jnp.float32(rows),
+                         "encoder_slots": jnp.float32(tokens * shards)}
+
+    def _layers(self, h, plans, sizes, expand=None, shrink=None):
+        """Every layer over h [shards, tokens, D]; attention per pass (`plans`, `sizes`). Given
+        `expand` and `shrink`, h holds a compacted set of the tokens: attention takes q, k, v
+        expanded to the passes' full layout and gives its output back shrunk."""
+        weights = {name: var[...] for name, var in vars(self).items() if isinstance(var, nnx.Param)}
+        dtype, residual_dtype = self.dtype, self.residual_dtype
+        scale, shards = self.attention_scale, h.shape[0]
         project = functools.partial(matmul, dtype=dtype, x_rematerialized=self.remat != "none")
+        expand = expand or (lambda a: a)
+        shrink = shrink or (lambda a: a)
 
         def attend(q, k, v):
             """Each pass's attention over its own rows: q, k, v [shards, tokens, heads, hd]."""
             out = []
-            for (attention, shape, key_valid, counts, _), q_i, k_i, v_i in zip(
-                    plans, *(split_tokens(a, sizes) for a in (q, k, v))):
+            for (attention, shape, key_valid, lengths, _), q_i, k_i, v_i in zip(
+                    plans, *(split_tokens(expand(a), sizes) for a in (q, k, v))):
                 q_i, k_i, v_i = (a.reshape(*shape, *a.shape[2:]) for a in (q_i, k_i, v_i))
-                out.append(attend_rows(attention, q_i, k_i, v_i, key_valid, counts, scale, dtype)
+                out.append(attend_rows(attention, q_i, k_i, v_i, key_valid, lengths, scale, dtype)
                            .reshape(shards, -1, *q.shape[2:]))
-            return jnp.concatenate(out, axis=1) if len(out) > 1 else out[0]
+            return shrink(jnp.concatenate(out, axis=1) if len(out) > 1 else out[0])
 
         def block(h, p):
             h = constrain(h, ("batch", "length", "embed"))
@@ -121,19 +161,30 @@ class Transformer(nnx.Module):
 
         if self.remat != "none":
             block = jax.checkpoint(block, policy=REMAT_POLICIES[self.remat], prevent_cse=not self.scan_layers)
-        h = (jnp.concatenate(xs, axis=1) if len(xs) > 1 else xs[0]).astype(residual_dtype)
         if self.scan_layers:
-            h, _ = jax.lax.scan(lambda h, p: (block(h, p), None), h, layers)
-        else:
-            for i in range(self.ln1_scale.shape[0]):
-                h = block(h, jax.tree.map(lambda a: a[i], layers))
-        outputs = []
-        for (_, shape, key_valid, _, restore), h_i in zip(plans, split_tokens(h, sizes)):
-            h_i = h_i.reshape(*shape, h.shape[-1])
-            if restore is not None:  # back to the stems' order, without the padding
-                h_i = jnp.take_along_axis(h_i, restore[:, :, None], axis=1)[:, :key_valid.shape[1]]
-            outputs.append(h_i.astype(jnp.float32))
-        return outputs
+            return jax.lax.scan(lambda h, p: (block(h, p), None), h, weights)[0]
+        for i in range(self.ln1_scale.shape[0]):
+            h = block(h, jax.tree.map(lambda a: a[i], weights))
+        return h
+
+
+def compacted(layers, h, valid, capacity: int):
+    """`layers` over the `capacity` rows of each shard that hold its valid tokens (valid ones
+    first, in order; spare rows take invalid ones), h [shards, tokens, D] -> the same layout:
+    at a valid token the value the full layout gives it, at an invalid one that was left out
+    zero. Only when every shard's valid tokens fit (the caller's jax.lax.cond)."""
+    order = jnp.argsort(~valid, axis=1, stable=True)
+    kept = order[:, :capacity]  # [shards, capacity]: the rows the layers compute
+    place = jnp.minimum(jnp.argsort(order, axis=1), capacity)  # each token's row; capacity: left out
+
+    def shrink(a):
+        return jnp.take_along_axis(a, kept.reshape(kept.shape + (1,) * (a.ndim - 2)), axis=1)
+
+    def expand(a):
+        a = jnp.concatenate([a, jnp.zeros_like(a[:, :1])], axis=1)  # row `capacity`: zeros
+        return jnp.take_along_axis(a, place.reshape(place.shape + (1,) * (a.ndim - 2)), axis=1)
+
+    return expand(layers(shrink(h), expand=expand, shrink=shrink))
 
 
 def split_tokens(h, sizes: list[int]) -> list:

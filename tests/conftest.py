@@ -33,6 +33,9 @@ MODEL_SMALL = [
     "--config.modalities.image.size=16", "--config.modalities.image.patch=8",
     "--config.eval.batch_size=32", "--config.eval.max_examples=64",
     "--config.data.num_threads=1",
+    # token compaction off: the tests that compile a step compile one branch, not two;
+    # tests/test_capacity.py turns it on
+    "--config.model.token_capacity=1.0",
     # Every `omni train` would otherwise time a 2048^3 matmul for its MFU: seconds per run here.
     "--config.train.peak_flops_per_device=100e9",
 ]

@@ -11,6 +11,7 @@ import numpy as np
 from omni.data import pipeline
 from omni.data.records import open_split
 from omni.run.assets import load_or_fit_assets
+from omni.run.capacity import with_token_capacity
 
 
 def real_data(config):
@@ -22,7 +23,8 @@ def real_data(config):
     config, _ = pipeline.with_resolved_mixture(config, source)
     with tempfile.TemporaryDirectory(prefix="omni-bench-") as workdir:
         assets, _ = load_or_fit_assets(config, Path(workdir), None, source)
-    return pipeline.with_text_lengths(config, source, assets), source, assets
+    config = pipeline.with_text_lengths(config, source, assets)
+    return with_token_capacity(config, source, assets), source, assets
 
 
 def real_batch(config, setup, source, assets):

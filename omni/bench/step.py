@@ -1,7 +1,8 @@
 """`omni bench`: time the compiled train step on one batch of the configured data (or a synthetic
 one), beside the device's matmul peak measured in the same process, and the input pipeline alone.
 FLOPs, `mfu` and `tokens_per_s` count present, non-padding tokens of that batch; `padded_mfu`
-counts every token slot the step computes, and `token_fill` is the ratio of the two token counts."""
+counts every token row the step computes, and `token_fill` is the real tokens' share of the token
+rows the encoder computed."""
 from __future__ import annotations
 
 import time
@@ -12,7 +13,7 @@ from omni.bench.batches import real_batch, real_data, synthetic_batch
 from omni.bench.plan import compiled_flops
 from omni.bench.setup import mesh_and_setup
 from omni.data import pipeline
-from omni.flops import model_flops_per_step
+from omni.flops import computed_flops, model_flops_per_step
 from omni.peak import measure_peak_flops
 
 
@@ -51,20 +52,23 @@ def bench(config, steps: int = 5, warmup: int = 2, pipeline_batches: int = 0, sy
                 jax.block_until_ready(state)
     peak = measure_peak_flops(config.model.dtype)
     padded = model_flops_per_step(config, pipeline.slot_layout(config))
-    work = {k: float(metrics[k]) for k in ("real_flops", "real_tokens", "token_slots")}
+    work = {k: float(metrics[k]) for k in ("real_flops", "real_tokens", "encoder_tokens", "encoder_rows",
+                                           "encoder_slots")}
+    computed = computed_flops(config, padded, work)
     total_peak = peak * jax.device_count()
     result = {
         "config": config.name, "device": jax.devices()[0].device_kind, "devices": jax.device_count(),
         "dtype": config.model.dtype, "batch_size": int(config.train.batch_size),
         "mixture": config.data.mixture or pipeline.mixture_of(config).spec(),
         "text_lengths": str(config.data.get("text_lengths", "") or ""),
+        "token_capacity": float(config.model.get("token_capacity", 1.0)),
         "step_time_s": step_s, "compile_time_s": compile_s,
-        # FLOPs, MFU and tokens/s count present, non-padding tokens; padded_mfu counts every slot
-        "model_flops_per_step": work["real_flops"], "padded_flops_per_step": padded,
+        # FLOPs, MFU and tokens/s count present, non-padding tokens; padded_mfu counts every token row computed
+        "model_flops_per_step": work["real_flops"], "padded_flops_per_step": computed,
         "compiled_flops_per_step": compiled_flops(compiled),
         "peak_flops_per_s": peak, "mfu": work["real_flops"] / step_s / total_peak,
-        "padded_mfu": padded / step_s / total_peak,
-        "token_fill": work["real_tokens"] / work["token_slots"],
+        "padded_mfu": computed / step_s / total_peak,
+        "token_fill": work["encoder_tokens"] / work["encoder_rows"],
         "tokens_per_s": work["real_tokens"] / step_s,
         "examples_per_s": config.train.batch_size / step_s,
         "loss": float(metrics["loss"]),

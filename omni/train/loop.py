@@ -18,11 +18,12 @@ from omni.checkpoint import Checkpoints
 from omni.data import pipeline
 from omni.data.records import open_split, split_names
 from omni.errors import Preempted
-from omni.flops import model_flops_per_step
+from omni.flops import computed_flops, model_flops_per_step
 from omni.model import count_params
 from omni.peak import measure_peak_flops
 from omni.run.assets import load_or_fit_assets, log
 from omni.run.bundle import load_bundle_params
+from omni.run.capacity import with_token_capacity
 from omni.run.setup import build_setup
 from omni.train.guards import BadStepWatch, check_resume_compatible
 from omni.train.metrics import MetricsWriter, Progress
@@ -54,6 +55,7 @@ def train(config, workdir: str | Path, evaluator: Evaluator | None = None) -> di
         mesh = set_up_mesh(config, workdir)
         data_dir, source, checkpoints, assets, saved_assets = set_up_input(config, workdir)
         config = set_up_text_lengths(config, workdir, source, assets)
+        config = set_up_token_capacity(config, workdir, source, assets)
         try:
             setup, state, start = set_up_state(config, mesh, checkpoints)
             if evaluator is not None and config.train.eval_every > 0 and config.eval.split in split_names(data_dir):
@@ -117,6 +119,16 @@ def set_up_text_lengths(config, workdir, source, assets):
     resolved = pipeline.with_text_lengths(config, source, assets)
     if resolved is not config:
         log(f"text tokens per sub-batch: {resolved.data.text_lengths}")
+        write_config(resolved, workdir)
+    return resolved
+
+
+def set_up_token_capacity(config, workdir, source, assets):
+    """The encoder's token rows as a share of its slots, measured on the run's first batches when
+    model.token_capacity is 0 (omni.run.capacity), and written to config.json."""
+    resolved = with_token_capacity(config, source, assets)
+    if resolved is not config:
+        log(f"token capacity: {resolved.model.token_capacity} of the encoder's token slots")
         write_config(resolved, workdir)
     return resolved
 
@@ -187,7 +199,7 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
                     work = {k: float(v) / window_steps for k, v in jax.device_get(window_work).items()}
                     elapsed = (time.perf_counter() - window_start) / window_steps
                     last = {**metrics, "lr": float(setup.schedule(step)), "step_time_s": elapsed,
-                            **rates(work, padded_flops, elapsed, peak), "skipped_examples": skipped_examples}
+                            **rates(work, padded_flops, elapsed, peak, config), "skipped_examples": skipped_examples}
                     writer.write(done, last)
                     progress.update(done, loss=f"{last['loss']:.4f}", rate=f"{1 / elapsed:.2f}",
                                     mfu=f"{last['mfu']:.2f}")
@@ -212,7 +224,8 @@ def run_loop(config, workdir, setup, state, start, source, assets, saved_assets,
     return last
 
 
-WORK = ("real_flops", "real_tokens", "token_slots")  # omni.flops.real_work: summed over a log window
+# omni.flops.real_work and the encoder's counts (omni.objectives.run_passes): summed over a log window
+WORK = ("real_flops", "real_tokens", "encoder_tokens", "encoder_rows", "encoder_slots")
 
 
 def work_so_far(window, metrics):
@@ -221,10 +234,12 @@ def work_so_far(window, metrics):
     return step if window is None else jax.tree.map(lambda a, b: a + b, window, step)
 
 
-def rates(work: dict, padded_flops: float, step_s: float, peak: float) -> dict:
+def rates(work: dict, padded_flops: float, step_s: float, peak: float, config) -> dict:
     """Per-step work (means over the window) -> the logged rates: `mfu` and `tokens_per_s` on
-    present, non-padding tokens; `padded_mfu` counting every slot computed; `token_fill`."""
+    present, non-padding tokens; `padded_mfu` counting every token row computed (`computed_flops`);
+    `token_fill`, the real tokens' share of the token rows the encoder computed."""
+    computed = computed_flops(config, padded_flops, work)
     return {"tokens_per_s": work["real_tokens"] / step_s, "mfu": work["real_flops"] / step_s / peak,
-            "padded_mfu": padded_flops / step_s / peak, "token_fill": work["real_tokens"] / work["token_slots"],
+            "padded_mfu": computed / step_s / peak, "token_fill": work["encoder_tokens"] / work["encoder_rows"],
             "model_flops_per_step": work["real_flops"], "real_tokens_per_step": work["real_tokens"],
-            "token_slots_per_step": work["token_slots"]}
+            "token_rows_per_step": work["encoder_rows"]}
