@@ -176,15 +176,35 @@ def compacted(layers, h, valid, capacity: int):
     order = jnp.argsort(~valid, axis=1, stable=True)
     kept = order[:, :capacity]  # [shards, capacity]: the rows the layers compute
     place = jnp.minimum(jnp.argsort(order, axis=1), capacity)  # each token's row; capacity: left out
-
-    def shrink(a):
-        return jnp.take_along_axis(a, kept.reshape(kept.shape + (1,) * (a.ndim - 2)), axis=1)
-
-    def expand(a):
-        a = jnp.concatenate([a, jnp.zeros_like(a[:, :1])], axis=1)  # row `capacity`: zeros
-        return jnp.take_along_axis(a, place.reshape(place.shape + (1,) * (a.ndim - 2)), axis=1)
-
+    shrink = functools.partial(shrink_rows, kept=kept, place=place)
+    expand = functools.partial(expand_rows, kept=kept, place=place)
     return expand(layers(shrink(h), expand=expand, shrink=shrink))
+
+
+def _take_rows(a, index):
+    """a [shards, rows, ...] at index [shards, n] -> [shards, n, ...]."""
+    return jnp.take_along_axis(a, index.reshape(index.shape + (1,) * (a.ndim - 2)), axis=1)
+
+
+# shrink and expand are each other's transpose (kept and place are inverse on the kept rows), so
+# each one's gradient is the other, a gather: JAX's own transpose of a gather is a scatter-add,
+# which ran the compacted base step slower than the full one on the 2-core CPU.
+@jax.custom_vjp
+def shrink_rows(a, kept, place):
+    """The kept rows of a [shards, tokens, ...] -> [shards, capacity, ...]."""
+    return _take_rows(a, kept)
+
+
+@jax.custom_vjp
+def expand_rows(a, kept, place):
+    """[shards, capacity, ...] back to every token's place; a token left out gets zeros."""
+    return _take_rows(jnp.concatenate([a, jnp.zeros_like(a[:, :1])], axis=1), place)
+
+
+shrink_rows.defvjp(lambda a, kept, place: (shrink_rows(a, kept, place), (kept, place)),
+                   lambda saved, g: (expand_rows(g, *saved), None, None))
+expand_rows.defvjp(lambda a, kept, place: (expand_rows(a, kept, place), (kept, place)),
+                   lambda saved, g: (shrink_rows(g, *saved), None, None))
 
 
 def split_tokens(h, sizes: list[int]) -> list:
