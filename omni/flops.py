@@ -139,10 +139,10 @@ def computed_flops(config, slot_flops: float, counts: dict) -> float:
 def real_work(model, batch, config) -> dict:
     """Inside the step, on a batch of sub-batches (omni.sub_batches.as_sub_batches):
     {"real_flops": training FLOPs on present, non-padding tokens, "real_tokens": those tokens
-    (CLS included)}, summed over the sub-batches of `batch`. (The token rows the encoder computed,
-    and their share of real tokens, come from the loss: omni.objectives.run_passes.) A token is real when its modality is present in the row and
-    its stem calls it valid (text: not padding); the stem's tokens themselves are dead code here
-    and compile away."""
+    (CLS included)}, summed over the sub-batches of `batch`. A token is real when its modality is
+    present in the row and its stem calls it valid (text: not padding); the stem's tokens
+    themselves are dead code here and compile away. (The token rows the encoder computed, and how
+    many held real tokens, come from the loss: omni.objectives.run_passes.)"""
     work = StepWork(config)
     flops = tokens = 0.0
     for sub in batch.values():

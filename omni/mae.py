@@ -59,8 +59,7 @@ def decoder_config(config):
     width, depth, heads = decoder_dims(config)
     copy = config.copy_and_resolve_references()
     with copy.unlocked():
-        # every token of the decoder is valid (mask tokens included): nothing to compact
-        copy.model.update(dict(width=width, depth=depth, heads=heads, token_capacity=1.0))
+        copy.model.update(dict(width=width, depth=depth, heads=heads))
     return copy
 
 

@@ -181,6 +181,8 @@ def run_passes(model, batch, rng, masked: bool, unimodal: bool):
     -> (masked losses or None, unimodal embeddings or None, the encoder's token counts)."""
     fused = masked_passes(model, batch, rng) if masked else []
     single = unimodal_passes(model, batch) if unimodal else []
+    if not fused + single:
+        return None, None, {}
     hiddens, counts = model.encoder.run([p.sequence for p in fused + single], counts=True)
     return (masked_losses_of(model, fused, hiddens[:len(fused)]) if masked else None,
             embeddings_of(model, single, hiddens[len(fused):]) if unimodal else None, counts)

@@ -73,10 +73,11 @@ class Transformer(nnx.Module):
         self.token_capacity = float(m.get("token_capacity", 1.0))
 
     def __call__(self, x, key_valid):
-        """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to)."""
-        return self.run([(x, key_valid)])[0]
+        """x: [B, T, D] f32; key_valid: [B, T] bool (which tokens may be attended to). One pass,
+        every slot computed (evaluation, export, matching, MAE's decoder)."""
+        return self.run([(x, key_valid)], compact=False)[0]
 
-    def run(self, sequences, counts: bool = False):
+    def run(self, sequences, counts: bool = False, compact: bool = True):
         """Several passes in one: `sequences` is [(x [B_i, T_i, D], key_valid [B_i, T_i])], each
         its own batch of rows attending only within a row, as `__call__` would run them one by
         one. The token-wise work (layer norms, projections, MLP) runs once per layer over every
@@ -87,8 +88,9 @@ class Transformer(nnx.Module):
         Tokens of the passes are joined shard by shard (omni.sub_batches.concat_rows), so that
         under a mesh each device keeps its own rows: h is [shards, tokens per shard, D].
 
-        With model.token_capacity below 1, the token-wise work runs on that share of the rows
-        only, holding every valid token (`compacted`); the outputs at valid tokens are the same.
+        With model.token_capacity below 1 and `compact`, the token-wise work runs on that share of
+        the rows only, holding every valid token (`compacted`); the outputs at valid tokens are
+        the same.
         -> the outputs, and with `counts` also {"encoder_tokens": the valid tokens,
         "encoder_rows": the token rows computed, "encoder_slots": every pass's slots}."""
         shards = batch_shards()
@@ -108,8 +110,8 @@ class Transformer(nnx.Module):
         valid = jnp.concatenate(valids, axis=1) if len(valids) > 1 else valids[0]
         layers = functools.partial(self._layers, plans=plans, sizes=sizes)
         tokens = h.shape[1]
-        share = self.token_capacity if 0 < self.token_capacity < 1 else 1.0  # 0: not measured (omni.run.capacity)
-        capacity = min(tokens, -(-int(math.ceil(share * tokens)) // 8) * 8)
+        share = self.token_capacity if compact and 0 < self.token_capacity < 1 else 1.0  # 0: not measured
+        capacity = tokens if share == 1.0 else min(tokens, -(-int(math.ceil(share * tokens)) // 8) * 8)
         if capacity < tokens:
             fits = jnp.all(jnp.sum(valid, axis=1) <= capacity)
             h = jax.lax.cond(fits, functools.partial(compacted, layers, valid=valid, capacity=capacity), layers, h)
