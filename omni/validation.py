@@ -58,6 +58,10 @@ def validate(config, num_devices: int) -> None:
         raise ConfigError(f"model.attention='{config.model.attention}': "
                           "use einsum, blocked, xla, cudnn or fused")
     validate_mae(config)
+    capacity = config.model.get("token_capacity", 1.0)
+    if not isinstance(capacity, (int, float)) or not 0 <= capacity <= 1:
+        raise ConfigError(f"model.token_capacity={capacity!r}: use a share of the encoder's token slots "
+                          "in (0, 1], or 0 to measure it on the run's first batches")
     if config.data.on_error not in ("skip", "raise"):
         raise ConfigError(f"data.on_error='{config.data.on_error}': use skip or raise")
     group_size = config.data.get("group_size", 0)

@@ -57,6 +57,7 @@ def test_bad_overrides(override, message):
     (["--config.loss.itm.rows=100"], 1, "loss.itm.rows=100"),                        # over the batch of 64
     (["--config.loss.itm.rows=6", "--config.mesh.data=4"], 4, "loss.itm.rows=6"),     # 6 rows on 4 shards
     (["--config.data.group_size=-2"], 1, "data.group_size=-2"),
+    (["--config.model.token_capacity=1.5"], 1, "model.token_capacity=1.5"),
     # parameters the mesh would copy whole on every device of an axis (tiny: width 128, 4 heads)
     (["--config.mesh.data=1", "--config.mesh.tensor=8"], 8, r"model.heads=4 is not divisible by mesh.tensor=8"),
     (["--config.mesh.data=1", "--config.mesh.fsdp=256", "--config.train.batch_size=256"], 256,
