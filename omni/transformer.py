@@ -20,6 +20,7 @@ from omni.attention import attend_rows, attention_implementation, valid_tokens_f
 from omni.nn import layer_norm, matmul, param
 from omni.parallel import batch_shards, constrain
 
+
 def dots_with_no_batch_dims_saveable(prim, *avals, **params) -> bool:
     """JAX's policy of that name, seeing through omni's bf16 matmul: that is a custom_vjp call
     (on CPU so that its backward runs in bf16 too, on accelerators so that the weight's gradient
