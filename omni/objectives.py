@@ -176,16 +176,26 @@ def masked_losses_of(model, passes: list[MaskedPass], hiddens) -> dict:
     return {obj: sums[obj] / jnp.maximum(counts[obj], 1.0) for obj in sums}
 
 
-def run_passes(model, batch, rng, masked: bool, unimodal: bool):
-    """The step's fused and unimodal passes as ONE encoder call (omni.transformer.Transformer.run)
-    -> (masked losses or None, unimodal embeddings or None, the encoder's token counts)."""
-    fused = masked_passes(model, batch, rng) if masked else []
-    single = unimodal_passes(model, batch) if unimodal else []
+def step_passes(model, batch, rng, config) -> tuple[list[MaskedPass], list[UnimodalPass]]:
+    """The passes a step runs: one fused pass per sub-batch when a masked objective weighs, and
+    the unimodal passes when the contrastive or matching objective does."""
+    weights = registry.active_objectives(config)
+    masked = any(name not in ("contrastive", "itm") for name in weights)
+    unimodal = weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0
+    return (masked_passes(model, batch, rng) if masked else [],
+            unimodal_passes(model, batch) if unimodal else [])
+
+
+def run_passes(model, batch, rng, config):
+    """The step's fused and unimodal passes (`step_passes`) as ONE encoder call
+    (omni.transformer.Transformer.run) -> (masked losses, unimodal embeddings, the encoder's
+    token counts); a kind of pass the step does not run gives {} and None."""
+    fused, single = step_passes(model, batch, rng, config)
     if not fused + single:
-        return None, None, {}
+        return {}, None, {}
     hiddens, counts = model.encoder.run([p.sequence for p in fused + single], counts=True)
-    return (masked_losses_of(model, fused, hiddens[:len(fused)]) if masked else None,
-            embeddings_of(model, single, hiddens[len(fused):]) if unimodal else None, counts)
+    return (masked_losses_of(model, fused, hiddens[:len(fused)]) if fused else {},
+            embeddings_of(model, single, hiddens[len(fused):]) if single else None, counts)
 
 
 def total_loss(model, batch, rng, config):
@@ -196,11 +206,9 @@ def total_loss(model, batch, rng, config):
     batch = as_sub_batches(batch)
     metrics = {}
     total = 0.0
-    masked = any(name not in ("contrastive", "itm") for name in weights)
-    unimodal = weights.get("contrastive", 0.0) > 0 or weights.get("itm", 0.0) > 0
-    losses, embeddings, counts = run_passes(model, batch, rng, masked, unimodal)
+    losses, embeddings, counts = run_passes(model, batch, rng, config)
     metrics.update(counts)  # the token rows the encoder computed, and how many were real
-    for name, loss in (losses or {}).items():
+    for name, loss in losses.items():
         metrics[f"loss/{name}"] = loss
         total = total + weights.get(name, 0.0) * loss
     if weights.get("contrastive", 0.0) > 0:

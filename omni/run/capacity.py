@@ -38,7 +38,7 @@ def batch_shards(config) -> int:
 
 def real_shares(config, batches, shards: int) -> np.ndarray:
     """[batches, shards]: the share of each batch shard's encoder token slots that hold valid
-    tokens, over the step's fused and unimodal passes. Only the stems' validity masks are
+    tokens, over the passes the step runs. Only the stems' validity masks are
     computed (their tokens are dead code under jit), so zero parameters do."""
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Omni(config, nnx.Rngs(0))))
     params = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), abstract)
@@ -46,9 +46,8 @@ def real_shares(config, batches, shards: int) -> np.ndarray:
     @jax.jit
     def shares(params, batch, rng):
         model = nnx.merge(graphdef, params)
-        sequences = [p.sequence for p in objectives.masked_passes(model, batch, rng)] + \
-                    [p.sequence for p in objectives.unimodal_passes(model, batch)]
-        valid = jnp.concatenate([v.reshape(shards, -1) for _, v in sequences], axis=1)
+        fused, single = objectives.step_passes(model, batch, rng, config)  # as the step runs them
+        valid = jnp.concatenate([p.sequence[1].reshape(shards, -1) for p in fused + single], axis=1)
         return jnp.mean(valid, axis=1, dtype=jnp.float32)
 
     rng = jax.random.key(int(config.train.seed))
