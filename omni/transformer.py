@@ -115,7 +115,12 @@ class Transformer(nnx.Module):
         capacity = tokens if share == 1.0 else min(tokens, -(-int(math.ceil(share * tokens)) // 8) * 8)
         if capacity < tokens:
             fits = jnp.all(jnp.sum(valid, axis=1) <= capacity)
-            h = jax.lax.cond(fits, functools.partial(compacted, layers, valid=valid, capacity=capacity), layers, h)
+            # The fallback keeps nothing for the backward pass and recomputes its layers there:
+            # both branches of a cond return the same residuals, so the compacted branch would
+            # write zeros for every activation the full layout saves, at every step (what that
+            # cost: docs/performance.md). The fallback is the rare step; it pays the recompute.
+            h = jax.lax.cond(fits, functools.partial(compacted, layers, valid=valid, capacity=capacity),
+                             jax.checkpoint(layers), h)
             rows = jnp.where(fits, capacity, tokens) * shards
         else:
             h, rows = layers(h), tokens * shards

@@ -65,3 +65,27 @@ def test_measured_capacity_on_an_eight_device_mesh_changes_neither_loss_nor_grad
     assert compact["rows"] < compact["slots"] == full["slots"] == full["rows"]
     assert abs(compact["loss"] - full["loss"]) <= 1e-5 * abs(full["loss"])
     assert abs(compact["grad_norm"] - full["grad_norm"]) <= 1e-5 * full["grad_norm"]
+
+
+def test_the_fallback_gives_the_full_layouts_gradient():
+    passes = sequences()
+    grads = [nnx.state(nnx.grad(loss)(transformer(c), passes)) for c in (1.0, 0.3)]
+    for a, b in zip(jax.tree.leaves(grads[0]), jax.tree.leaves(grads[1])):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.abs(a).max()))
+
+
+def residual_elements(capacity, passes) -> int:
+    """Elements of what the backward pass keeps from the forward pass (jax.vjp's residuals)."""
+    graphdef, state = nnx.split(transformer(capacity))
+    _, backward = jax.vjp(lambda state: loss(nnx.merge(graphdef, state), passes), state)
+    return sum(leaf.size for leaf in jax.tree.leaves(backward))
+
+
+def test_a_compacted_step_keeps_no_activations_of_the_full_layout():
+    """Both branches of the cond return the same residuals. The fallback recomputes its layers in
+    the backward pass, so the compacted branch does not also return zeros for every activation
+    that the full layout would keep: a compacted step keeps less than an uncompacted one."""
+    rng = np.random.default_rng(1)
+    passes = [(jnp.asarray(rng.standard_normal((8, 96, 32)), jnp.float32), jnp.asarray(rng.random((8, 96)) < 0.4))]
+    compact, full = residual_elements(0.5, passes), residual_elements(1.0, passes)
+    assert compact < full, (compact, full)
